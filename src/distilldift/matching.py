@@ -1,0 +1,401 @@
+"""Point matching on dense features: exact upsampled similarity, nearest neighbour, window soft-argmax,
+mutual (cycle) check, and flip / pose-align.
+
+Similarity follows the paper's protocol: cosine similarity between the query descriptor and the target's feature
+map *bilinearly upsampled to the target image's pixels*. It is computed without materialising the upsampled
+``(C, H, W)`` map: with ``v(p) = sum_k w_k(p) f_k`` (bilinear weights over the 4 nearest cells),
+``cos(q, v(p)) = sum_k w_k(p) (q . f_k) / |v(p)|``, where the numerator is the bilinear upsampling of the grid
+similarity and ``|v(p)|^2 = sum_kl w_k w_l (f_k . f_l)`` needs only dot products of neighbouring cells, computed
+once per target image. Memory is ``O(N H W)`` instead of ``O(C H W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .errors import InvalidInputError
+from .features import Features, _extract, _resolve
+from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image
+from .model import DistillDiftModel
+
+__all__ = [
+    "Matches",
+    "match_points",
+    "match_features",
+    "sample_features",
+    "upsampled_similarity",
+    "global_similarity",
+]
+
+Method = Literal["nn", "soft"]
+_SIM_BUDGET = 1 << 25  # floats of similarity maps held at once (128 MB)
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Correspondences of query points of image 1 in image 2.
+
+    Attributes:
+        query: ``(N, 2)`` the query points, pixel ``(x, y)`` in image 1, as given.
+        points: ``(N, 2)`` matched points, pixel ``(x, y)`` in image 2 (pixel centres at integers).
+        scores: ``(N,)`` cosine similarity in [-1, 1] between the query's descriptor and the best match.
+        mutual: ``(N,)`` bool: matching ``points`` back to image 1 lands within ``mutual_radius`` of the query.
+        cycle_error: ``(N,)`` distance in image-1 pixels between the query and its back-match (NaN when the
+            mutual check is off).
+        flipped: True when the horizontally flipped image 1 was matched (``flip=True`` or chosen by ``"auto"``).
+    """
+
+    query: torch.Tensor
+    points: torch.Tensor
+    scores: torch.Tensor
+    mutual: torch.Tensor
+    cycle_error: torch.Tensor
+    flipped: bool = False
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict: lists of ``[x, y]``, scores, mutual flags."""
+        return {
+            "query": self.query.tolist(),
+            "points": self.points.tolist(),
+            "scores": self.scores.tolist(),
+            "mutual": self.mutual.tolist(),
+            "cycle_error": [None if v != v else v for v in self.cycle_error.tolist()],
+            "flipped": self.flipped,
+        }
+
+    @staticmethod
+    def empty(flipped: bool = False) -> Matches:
+        z = torch.zeros(0, 2)
+        return Matches(z, z.clone(), torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0), flipped)
+
+
+# ------------------------------------------------------------------------------------------ primitives
+def _axis_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear source indices/weights of ``F.interpolate(align_corners=False)`` from ``n_in`` to ``n_out``."""
+    src = (torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = src.clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    lam = (src - i0).clamp(0.0, 1.0).float()
+    return i0, i1, lam
+
+
+def sample_features(features: torch.Tensor, grid_points: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample a feature map at continuous grid points and L2-normalise.
+
+    Args:
+        features: ``(C, gh, gw)``.
+        grid_points: ``(N, 2)`` grid coordinates ``(gx, gy)``, cell centres at integers; clamped to the grid
+            (as ``F.interpolate(align_corners=False)`` does at the border).
+
+    Returns:
+        ``(N, C)`` unit descriptors.
+
+    Example:
+        >>> f = torch.nn.functional.normalize(torch.randn(8, 4, 5), dim=0)
+        >>> torch.allclose(sample_features(f, torch.tensor([[2.0, 1.0]]))[0], f[:, 1, 2])
+        True
+    """
+    c, gh, gw = features.shape
+    g = grid_points.to(features.device, torch.float32)
+    gx = g[:, 0].clamp(0, gw - 1)
+    gy = g[:, 1].clamp(0, gh - 1)
+    x0 = gx.floor().long().clamp(max=gw - 1)
+    y0 = gy.floor().long().clamp(max=gh - 1)
+    x1 = (x0 + 1).clamp(max=gw - 1)
+    y1 = (y0 + 1).clamp(max=gh - 1)
+    ax, ay = (gx - x0).unsqueeze(0), (gy - y0).unsqueeze(0)
+    v = (
+        features[:, y0, x0] * (1 - ax) * (1 - ay)
+        + features[:, y0, x1] * ax * (1 - ay)
+        + features[:, y1, x0] * (1 - ax) * ay
+        + features[:, y1, x1] * ax * ay
+    )
+    return torch.nn.functional.normalize(v.t(), dim=1)
+
+
+class _Upsampler:
+    """Exact cosine similarity of queries with a feature map bilinearly upsampled to ``image_size``."""
+
+    def __init__(self, features: torch.Tensor, image_size: tuple[int, int]):
+        c, gh, gw = features.shape
+        w, h = image_size
+        dev = features.device
+        self.features = features
+        self.iy0, self.iy1, ay = _axis_weights(gh, h, dev)
+        self.ix0, self.ix1, ax = _axis_weights(gw, w, dev)
+        self.ay, self.ax = ay.view(h, 1), ax.view(1, w)
+        f = features
+        xr = torch.arange(gw, device=dev).add(1).clamp(max=gw - 1)
+        yd = torch.arange(gh, device=dev).add(1).clamp(max=gh - 1)
+        sq = (f * f).sum(0)  # |f|^2
+        hor = (f * f[:, :, xr]).sum(0)  # f[y, x] . f[y, x+1]
+        ver = (f * f[:, yd, :]).sum(0)  # f[y, x] . f[y+1, x]
+        dia = (f * f[:, yd][:, :, xr]).sum(0)  # f[y, x] . f[y+1, x+1]
+        anti = (f[:, :, xr] * f[:, yd, :]).sum(0)  # f[y, x+1] . f[y+1, x]
+        y0, y1 = self.iy0.view(h, 1), self.iy1.view(h, 1)
+        x0, x1 = self.ix0.view(1, w), self.ix1.view(1, w)
+        w00, w01 = (1 - self.ay) * (1 - self.ax), (1 - self.ay) * self.ax
+        w10, w11 = self.ay * (1 - self.ax), self.ay * self.ax
+        norm2 = (
+            w00 * w00 * sq[y0, x0]
+            + w01 * w01 * sq[y0, x1]
+            + w10 * w10 * sq[y1, x0]
+            + w11 * w11 * sq[y1, x1]
+            + 2 * w00 * w01 * hor[y0, x0]
+            + 2 * w10 * w11 * hor[y1, x0]
+            + 2 * w00 * w10 * ver[y0, x0]
+            + 2 * w01 * w11 * ver[y0, x1]
+            + 2 * w00 * w11 * dia[y0, x0]
+            + 2 * w01 * w10 * anti[y0, x0]
+        )
+        self.inv_norm = norm2.clamp(min=1e-12).rsqrt()  # (H, W)
+
+    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` unit queries -> ``(N, H, W)`` cosine similarity."""
+        c, gh, gw = self.features.shape
+        s = (queries @ self.features.reshape(c, gh * gw)).view(-1, gh, gw)
+        s = s[:, :, self.ix0] * (1 - self.ax) + s[:, :, self.ix1] * self.ax  # (N, gh, W)
+        s = s[:, self.iy0, :] * (1 - self.ay) + s[:, self.iy1, :] * self.ay  # (N, H, W)
+        return s * self.inv_norm
+
+
+def upsampled_similarity(queries: torch.Tensor, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Cosine similarity between descriptors and a feature map bilinearly upsampled to the image's pixels.
+
+    Equal (to float precision) to ``cos(q, F.interpolate(features, (H, W), mode="bilinear",
+    align_corners=False))`` per pixel, without building the ``(C, H, W)`` map.
+
+    Args:
+        queries: ``(N, C)`` unit descriptors.
+        features: ``(C, gh, gw)`` unit feature map.
+        image_size: ``(W, H)`` of the image the map belongs to.
+
+    Returns:
+        ``(N, H, W)``; entry ``[n, y, x]`` is the similarity at pixel ``(x, y)``.
+    """
+    return _Upsampler(features, image_size)(queries.to(features.dtype))
+
+
+def _locate(
+    sim: torch.Tensor, method: str, radius: tuple[int, int], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, H, W)`` similarity -> (``(N, 2)`` pixel ``(x, y)``, ``(N,)`` max similarity)."""
+    n, h, w = sim.shape
+    score, flat = sim.reshape(n, -1).max(dim=1)
+    py, px = flat // w, flat % w
+    if method == "nn":
+        return torch.stack([px, py], 1).float(), score
+    rx, ry = radius
+    dy, dx = torch.meshgrid(
+        torch.arange(-ry, ry + 1, device=sim.device), torch.arange(-rx, rx + 1, device=sim.device), indexing="ij"
+    )
+    cx = px.view(n, 1, 1) + dx  # (N, 2ry+1, 2rx+1)
+    cy = py.view(n, 1, 1) + dy
+    valid = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).reshape(n, -1)
+    vals = sim.reshape(n, -1).gather(1, idx).view_as(cx)
+    logits = ((vals - score.view(n, 1, 1)) / temperature).masked_fill(~valid, float("-inf"))
+    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(cx)
+    x = (p * cx).sum((1, 2))
+    y = (p * cy).sum((1, 2))
+    return torch.stack([x, y], 1).float(), score
+
+
+def _match_dense(
+    queries: torch.Tensor,
+    up: _Upsampler,
+    image_size: tuple[int, int],
+    method: str,
+    radius: tuple[int, int],
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    w, h = image_size
+    chunk = max(1, _SIM_BUDGET // max(1, w * h))
+    pts, scores = [], []
+    for s in range(0, queries.shape[0], chunk):
+        p, sc = _locate(up(queries[s : s + chunk]), method, radius, temperature)
+        pts.append(p)
+        scores.append(sc)
+    return torch.cat(pts), torch.cat(scores)
+
+
+def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
+    """Mean over ``src`` cells of the best cosine similarity in ``dst``: how well ``src`` is explained by ``dst``.
+
+    Used by pose-align to choose between an image and its mirror. ``src``: ``(C, h1, w1)``, ``dst``:
+    ``(C, h2, w2)``, both unit over ``C``.
+    """
+    a = src.reshape(src.shape[0], -1).t()
+    b = dst.reshape(dst.shape[0], -1)
+    return float((a @ b).max(dim=1).values.mean())
+
+
+def _check_method(method: str, window: float, temperature: float) -> None:
+    if method not in ("nn", "soft"):
+        raise InvalidInputError(f"method must be 'nn' or 'soft' (window soft-argmax), got {method!r}")
+    if not window > 0:
+        raise InvalidInputError(f"window must be > 0 (radius in feature-grid cells), got {window}")
+    if not temperature > 0:
+        raise InvalidInputError(f"temperature must be > 0, got {temperature}")
+
+
+def _radius(geom: GridGeometry, window: float) -> tuple[int, int]:
+    sx, sy = geom.cell_size
+    return max(1, round(window * sx)), max(1, round(window * sy))
+
+
+# --------------------------------------------------------------------------------------------- public
+def match_features(
+    src: Features,
+    dst: Features,
+    points: object,
+    *,
+    method: Method = "soft",
+    window: float = 1.0,
+    temperature: float = 0.02,
+    mutual: bool = True,
+    mutual_radius: float | None = None,
+) -> Matches:
+    """Match points between two images whose features are already computed (reuse features across pairs).
+
+    Args:
+        src, dst: single-image :class:`Features` (``extract_features(img)`` or ``feats[i]``).
+        points: ``(N, 2)`` pixel ``(x, y)`` in the source image.
+        method: ``"nn"``: best pixel of the upsampled similarity; ``"soft"``: window soft-argmax around it
+            (sub-pixel; the paper's inference).
+        window: soft-argmax window radius in feature-grid cells (converted to pixels of the target image).
+        temperature: soft-argmax softmax temperature on cosine similarities.
+        mutual: also match back from each match to the source and report ``cycle_error`` / ``mutual``.
+        mutual_radius: cycle error (source pixels) under which a match is mutual; default: one grid cell.
+
+    Returns:
+        :class:`Matches` with ``points`` ``(N, 2)`` in target pixels.
+
+    Example:
+        >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> img = torch.rand(3, 140, 140)
+        >>> f = extract_features(img, model, size=140)
+        >>> match_features(f, f, [[70.0, 35.0]], method="nn").points  # an image matched with itself
+        tensor([[70., 35.]])
+    """
+    _check_method(method, window, temperature)
+    if len(src) != 1 or len(dst) != 1:
+        raise InvalidInputError("match_features expects single-image Features: index a batch, e.g. feats[0]")
+    pts = as_points(points)
+    if pts.shape[0] == 0:
+        return Matches.empty()
+    g1, g2 = src.geometry[0], dst.geometry[0]
+    check_points_inside(pts, g1.image_size)
+    f1, f2 = src.features[0], dst.features[0]
+    queries = sample_features(f1, g1.image_to_grid(pts))
+    up2 = _Upsampler(f2, g2.image_size)
+    matched, scores = _match_dense(queries, up2, g2.image_size, method, _radius(g2, window), temperature)
+    if mutual:
+        back_q = sample_features(f2, g2.image_to_grid(matched.to(f2.device)))
+        up1 = _Upsampler(f1, g1.image_size)
+        back, _ = _match_dense(back_q, up1, g1.image_size, method, _radius(g1, window), temperature)
+        cycle = (back.cpu() - pts).norm(dim=1)
+        radius = max(g1.cell_size) if mutual_radius is None else float(mutual_radius)
+        is_mutual = cycle <= radius
+    else:
+        cycle = torch.full((pts.shape[0],), float("nan"))
+        is_mutual = torch.zeros(pts.shape[0], dtype=torch.bool)
+    return Matches(pts, matched.cpu(), scores.float().cpu(), is_mutual, cycle)
+
+
+def _flip_points(points: torch.Tensor, width: int) -> torch.Tensor:
+    out = points.clone()
+    out[:, 0] = (width - 1) - out[:, 0]
+    return out
+
+
+def match_points(
+    img1: ImageInput,
+    img2: ImageInput,
+    points: object,
+    *,
+    model: DistillDiftModel | None = None,
+    method: Method = "soft",
+    window: float = 1.0,
+    temperature: float = 0.02,
+    flip: bool | Literal["auto"] = False,
+    flip_permutation: Sequence[int] | None = None,
+    mutual: bool = True,
+    mutual_radius: float | None = None,
+    size: int | None = None,
+    resize: str | None = None,
+) -> Matches:
+    """Find the points of ``img2`` with the same meaning as ``points`` of ``img1``.
+
+    Args:
+        img1, img2: path, PIL, numpy ``HxWx{1,3,4}`` or tensor ``CxHxW`` in [0, 1]; any size and aspect ratio.
+        points: ``(N, 2)`` pixel ``(x, y)`` in ``img1`` (pixel centres at integers, ``0 <= x <= W1-1``).
+        model: from :func:`load_model`; default: the default variant.
+        method: ``"nn"`` or ``"soft"`` (window soft-argmax, sub-pixel; default).
+        window, temperature: soft-argmax window radius (feature cells) and temperature.
+        flip: ``True`` matches the mirrored ``img1``; ``"auto"`` (pose-align) mirrors it when that explains
+            ``img2`` better (higher :func:`global_similarity`).
+        flip_permutation: for mirrored matching, query ``i`` is taken at the mirror of point
+            ``flip_permutation[i]`` (swap left/right keypoints, e.g. SPair's ``left eye`` <-> ``right eye``).
+        mutual, mutual_radius: the back-matching check, see :func:`match_features`.
+        size, resize: model input size / resize mode (default: the model variant's).
+
+    Returns:
+        :class:`Matches`: ``points`` ``(N, 2)`` pixel ``(x, y)`` in ``img2``, ``scores`` ``(N,)``, ``mutual``
+        ``(N,)``. No points -> an empty result (the model is not run).
+
+    Raises:
+        PointsOutsideImageError: a point outside ``img1`` or NaN. ImageLoadError / InvalidInputError: bad image.
+
+    Example:
+        >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> img = torch.rand(3, 100, 150)
+        >>> m = match_points(img, img, [[75.0, 50.0]], model=model, method="nn", size=140)
+        >>> m.points, bool(m.mutual[0])
+        (tensor([[75., 50.]]), True)
+    """
+    _check_method(method, window, temperature)
+    if flip not in (True, False, "auto"):
+        raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
+    pts = as_points(points)
+    a, b = load_image(img1), load_image(img2)
+    check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")
+    if pts.shape[0] == 0:
+        return Matches.empty()
+    model = _resolve(model)
+    images = [a, b] + ([a.flip(-1)] if flip else [])
+    results = _extract(model, images, size=size, resize=resize, batch_size=len(images))
+    src, dst = results[0], results[1]
+    use_flip = bool(flip)
+    if flip == "auto":
+        use_flip = global_similarity(results[2][0], dst[0]) > global_similarity(src[0], dst[0])
+    queries = pts
+    if use_flip:
+        src = results[2]
+        if flip_permutation is not None:
+            perm = torch.as_tensor(list(flip_permutation), dtype=torch.long)
+            if perm.shape != (pts.shape[0],) or perm.min() < 0 or perm.max() >= pts.shape[0]:
+                raise InvalidInputError(
+                    f"flip_permutation must list {pts.shape[0]} indices in [0, {pts.shape[0] - 1}], got {perm.tolist()}"
+                )
+            queries = pts[perm]
+        queries = _flip_points(queries, a.shape[-1])
+    m = match_features(
+        Features(src[0][None], (src[1],)),
+        Features(dst[0][None], (dst[1],)),
+        queries,
+        method=method,
+        window=window,
+        temperature=temperature,
+        mutual=mutual,
+        mutual_radius=mutual_radius,
+    )
+    return Matches(pts, m.points, m.scores, m.mutual, m.cycle_error, flipped=use_flip)

