@@ -3,64 +3,94 @@
 >>> from distilldift import load_model, match_points
 >>> model = load_model()                                      # doctest: +SKIP
 >>> m = match_points("cat.jpg", "other_cat.jpg", [[120, 80]], model=model)  # doctest: +SKIP
+
+Names are exported explicitly below and imported on first use, so ``import distilldift`` and the CLI's
+``--help`` do not pay for importing torch and timm.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0.dev0"
 
-from .errors import (
-    CheckpointError,
-    DistillDiftError,
-    ImageLoadError,
-    InvalidInputError,
-    PointsOutsideImageError,
-    ShapeError,
-    UnknownVariantError,
-    WeightsNotFoundError,
-)
-from .features import Features, extract_features
-from .hub import create_model, load_model, push_to_hub, save_pretrained
-from .images import GridGeometry, load_image
-from .matching import Matches, global_similarity, match_features, match_points, sample_features, upsampled_similarity
-from .model import DistillDiftModel
-from .variants import DEFAULT_VARIANT, LoraSpec, Variant, get_variant, list_variants, register_variant
-from .viz import draw_matches
-
-__all__ = [
-    "__version__",
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
     # models
-    "DEFAULT_VARIANT",
-    "DistillDiftModel",
-    "LoraSpec",
-    "Variant",
-    "create_model",
-    "get_variant",
-    "list_variants",
-    "load_model",
-    "push_to_hub",
-    "register_variant",
-    "save_pretrained",
+    "DEFAULT_VARIANT": "variants",
+    "LoraSpec": "variants",
+    "Variant": "variants",
+    "get_variant": "variants",
+    "list_variants": "variants",
+    "register_variant": "variants",
+    "DistillDiftModel": "model",
+    "create_model": "hub",
+    "load_model": "hub",
+    "push_to_hub": "hub",
+    "save_pretrained": "hub",
     # features and matching
-    "Features",
-    "GridGeometry",
-    "Matches",
-    "extract_features",
-    "global_similarity",
-    "load_image",
-    "match_features",
-    "match_points",
-    "sample_features",
-    "upsampled_similarity",
+    "Features": "features",
+    "extract_features": "features",
+    "GridGeometry": "images",
+    "load_image": "images",
+    "Matches": "matching",
+    "global_similarity": "matching",
+    "match_features": "matching",
+    "match_points": "matching",
+    "sample_features": "matching",
+    "upsampled_similarity": "matching",
     # drawing
-    "draw_matches",
+    "draw_matches": "viz",
     # errors
-    "CheckpointError",
-    "DistillDiftError",
-    "ImageLoadError",
-    "InvalidInputError",
-    "PointsOutsideImageError",
-    "ShapeError",
-    "UnknownVariantError",
-    "WeightsNotFoundError",
-]
+    "CheckpointError": "errors",
+    "DistillDiftError": "errors",
+    "ImageLoadError": "errors",
+    "InvalidInputError": "errors",
+    "PointsOutsideImageError": "errors",
+    "ShapeError": "errors",
+    "UnknownVariantError": "errors",
+    "WeightsNotFoundError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distilldift' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
+    from .errors import (
+        CheckpointError,
+        DistillDiftError,
+        ImageLoadError,
+        InvalidInputError,
+        PointsOutsideImageError,
+        ShapeError,
+        UnknownVariantError,
+        WeightsNotFoundError,
+    )
+    from .features import Features, extract_features
+    from .hub import create_model, load_model, push_to_hub, save_pretrained
+    from .images import GridGeometry, load_image
+    from .matching import (
+        Matches,
+        global_similarity,
+        match_features,
+        match_points,
+        sample_features,
+        upsampled_similarity,
+    )
+    from .model import DistillDiftModel
+    from .variants import DEFAULT_VARIANT, LoraSpec, Variant, get_variant, list_variants, register_variant
+    from .viz import draw_matches

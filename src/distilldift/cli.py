@@ -214,8 +214,9 @@ def models() -> None:
     from .variants import DEFAULT_VARIANT, get_variant, list_variants
 
     table = Table(title="distilldift model variants")
-    for col in ("name", "backbone", "input", "adapter", "description"):
-        table.add_column(col)
+    for col in ("name", "backbone", "input", "adapter"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for name in list_variants():
         v = get_variant(name)
         label = f"{name} (default)" if name == DEFAULT_VARIANT else name

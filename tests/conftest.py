@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/oracle.py, tests/hf_server.py
+
+from hf_server import HubServer  # noqa: E402
+
+# huggingface_hub reads HF_ENDPOINT / HF_HOME once, at import: start the local Hub and point it there first.
+_HUB_ROOT = Path(tempfile.mkdtemp(prefix="distilldift-test-hub-"))
+HUB = HubServer(_HUB_ROOT / "repos").__enter__()
+(_HUB_ROOT / "repos").mkdir()
+os.environ["HF_ENDPOINT"] = HUB.url
+os.environ["HF_HOME"] = str(_HUB_ROOT / "hf-home")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ["DISTILLDIFT_CACHE"] = str(_HUB_ROOT / "distilldift-cache")
+atexit.register(shutil.rmtree, _HUB_ROOT, True)
+atexit.register(HUB.__exit__, None, None, None)
+
+from distilldift import create_model, load_model  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PF_WILLOW = SHARED / "data" / "pf-willow"
+requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is not present")
+
+TINY = dict(embed_dim=64, depth=2, num_heads=2)
+
+
+def randomise_adapter(model, seed: int = 0) -> None:
+    """Give a fresh (identity) LoRA adapter non-zero, q/v-structured weights so round trips are meaningful."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.timm_model.named_parameters():
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.enable_qv_only_training()  # zero the k rows / cross blocks: a q/v-only adapter, as the paper's
+    model.requires_grad_(False)
+
+
+@pytest.fixture
+def hub():
+    """The local Hugging Face-compatible server (HF_ENDPOINT points at it); request log cleared per test."""
+    HUB.requests.clear()
+    HUB.down = False
+    yield HUB
+    HUB.down = False
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    model = create_model("distilldift_us", **TINY)
+    randomise_adapter(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lite_model(tmp_path_factory):
+    return load_model("lite", cache_dir=tmp_path_factory.mktemp("hf-cache"))
+
+
+@pytest.fixture(scope="session")
+def cat_image():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.chelsea()  # (300, 451, 3) uint8

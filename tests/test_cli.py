@@ -1,0 +1,93 @@
+"""The CLI as a user runs it: a subprocess, real images, a local model folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import PF_WILLOW, requires_shared
+from distilldift import load_model
+
+SCRIPT = Path(sys.executable).parent / "distilldift"
+CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables at 80 columns without a terminal
+    return subprocess.run(CMD + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def lite_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lite-model")
+    load_model("lite").save_pretrained(folder, save_base=True)  # a self-contained folder: config + weights
+    return folder
+
+
+@requires_shared
+def test_match_end_to_end(lite_folder, tmp_path):
+    a, b = PF_WILLOW / "car(G)" / "Cars_006a.png", PF_WILLOW / "car(G)" / "Cars_007a.png"
+    r = run("match", a, b, "--model", lite_folder, "-p", "47.9,98.2", "-p", "151.9,121.8 45.97,57.3",
+            "--out", tmp_path / "m.png", "--json", tmp_path / "m.json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert np.allclose(data["query"], [[47.9, 98.2], [151.9, 121.8], [45.97, 57.3]], atol=1e-4)
+    w2, h2 = Image.open(b).size
+    assert len(data["points"]) == 3 and all(-0.5 <= x <= w2 - 0.5 and -0.5 <= y <= h2 - 0.5 for x, y in data["points"])
+    assert data["image2_size"] == [w2, h2] and len(data["scores"]) == 3 and len(data["mutual"]) == 3
+    png = Image.open(tmp_path / "m.png")
+    wa, ha = Image.open(a).size
+    assert png.size[1] == max(ha, h2)
+
+
+@requires_shared
+def test_match_without_points_uses_a_grid_and_extract(lite_folder, tmp_path):
+    a, b = sorted((PF_WILLOW / "duck(S)").glob("*.png"))[:2]
+    r = run("match", a, b, "--model", lite_folder, "--grid", "3", "--json", tmp_path / "m.json", "--method", "nn")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "m.json").read_text())["points"]) == 9
+    r = run("extract", a, b, "--model", lite_folder, "--out", tmp_path / "f.safetensors")
+    assert r.returncode == 0, r.stderr
+    with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["distilldift"])
+        assert sorted(f.keys()) == ["features.0", "features.1"]
+        assert f.get_tensor("features.0").shape[0] == 432  # 112 + 320 channels
+    assert meta["images"][0]["image"] == str(a)
+
+
+def test_help_of_every_command():
+    for args in ([], ["match"], ["extract"], ["models"]):
+        r = run(*args, "--help")
+        assert r.returncode == 0, (args, r.stderr)
+        assert "Usage" in r.stdout
+    r = run("models")
+    assert r.returncode == 0 and "distilldift_us (default)" in r.stdout and "lite" in r.stdout
+    assert run("--version").stdout.startswith("distilldift ")
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    cases = [
+        (("match", bad, good, "--model", lite_folder), "could not decode"),
+        (("match", good, good, "--model", lite_folder, "-p", "60,10"), "outside the 50x40 image"),
+        (("match", good, good, "--model", "no_such_model"), "is not a registered variant"),
+        (("match", good, good, "--model", lite_folder, "--points-file", tmp_path / "none.json"), "points file not"),
+        (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
+    ]
+    for args, message in cases:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run("match", good, good, "-p", "1;2")
+    assert r.returncode == 2 and "is not a point" in r.stderr

@@ -1,0 +1,228 @@
+import json
+import shutil
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import TINY
+from distilldift import (
+    CheckpointError,
+    InvalidInputError,
+    LoraSpec,
+    UnknownVariantError,
+    Variant,
+    WeightsNotFoundError,
+    create_model,
+    extract_features,
+    get_variant,
+    list_variants,
+    load_model,
+    register_variant,
+)
+from distilldift.hub import _base_state_dict
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), rng.integers(0, 256, (90, 50, 3), dtype=np.uint8)]
+
+
+def feats(model, images):
+    return extract_features(images, model, size=84).features
+
+
+def test_registry():
+    names = list_variants()
+    assert {"distilldift_us", "distilldift_us_3d", "distilldift_ws", "distilldift_s", "lite"} <= set(names)
+    v = get_variant("distilldift_us")
+    assert v.arch == "vit_base_patch14_reg4_dinov2" and v.input_size == 434 and v.lora == LoraSpec(rank=8)
+    assert v.lora.peft_kwargs()["r"] == 16 and v.lora.peft_kwargs()["lora_alpha"] == 16
+    with pytest.raises(UnknownVariantError, match="unknown model variant 'nope'; registered variants: .*lite"):
+        get_variant("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_variant(v)
+    assert Variant.from_dict(v.to_dict()) == v
+    with pytest.raises(ValueError, match=r"unknown variant fields \['bogus'\]"):
+        Variant.from_dict({**v.to_dict(), "bogus": 1})
+
+
+def test_create_model_makes_no_download(hub):
+    m = create_model("distilldift_us", **TINY)
+    assert hub.requests == []
+    assert m.stride == 14 and m.feature_dim == 64 and m.has_adapter and not m.merged
+    assert m.variant.weights is None and m.variant.adapter is None
+    with pytest.raises(InvalidInputError, match="use pretrained=False"):
+        create_model("distilldift_us", pretrained=True, **TINY)
+
+
+def test_new_adapter_is_identity(images):
+    torch.manual_seed(0)
+    with_lora = create_model("distilldift_us", **TINY)
+    torch.manual_seed(0)
+    plain = create_model("dinov2_b14_reg", **TINY)
+    assert torch.allclose(feats(with_lora, images), feats(plain, images), atol=1e-6)
+
+
+def test_adapter_is_qv_only(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "adapter_model.safetensors")
+    b = sd["base_model.model.blocks.0.attn.qkv.lora_B.weight"]
+    assert b.shape == (192, 16)
+    assert b[:64, :8].abs().min() > 0 and b[128:, 8:].abs().min() > 0  # q rows <- A_q, v rows <- A_v
+    assert b[64:128].abs().max() == 0 and b[:64, 8:].abs().max() == 0 and b[128:, :8].abs().max() == 0
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and cfg["lora_alpha"] == 16 and cfg["target_modules"] == ["qkv"]
+
+
+def test_save_load_round_trip(tiny_model, images, tmp_path):
+    before = feats(tiny_model, images)
+    tiny_model.save_pretrained(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "distilldift_config.json",
+        "model.safetensors",
+    ]
+    unmerged = load_model(tmp_path / "m", merge=False)
+    assert torch.equal(feats(unmerged, images), before)
+    merged = load_model(tmp_path / "m")
+    assert merged.merged
+    assert (feats(merged, images) - before).abs().max() < 1e-5
+    # a merged model saves the same adapter and base weights
+    merged.save_pretrained(tmp_path / "again")
+    assert torch.equal(feats(load_model(tmp_path / "again", merge=False), images), before)
+    # the base weights are plain timm keys: timm loads them directly
+    import timm
+
+    base = timm.create_model("vit_base_patch14_reg4_dinov2", **TINY, dynamic_img_size=True, num_classes=0)
+    base.load_state_dict(load_file(tmp_path / "m" / "model.safetensors"), strict=True)
+
+
+def _repo(hub, prefix):
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return f"someone/{name}", hub.root / "someone" / name
+
+
+def test_round_trip_through_hub_server_and_cache(tiny_model, images, hub):
+    before = feats(tiny_model, images)
+    repo_id, folder = _repo(hub, "tiny")
+    tiny_model.save_pretrained(folder)
+    model = load_model(repo_id, merge=False)  # HF_HOME is a temporary folder (conftest)
+    assert torch.equal(feats(model, images), before)
+    assert ("GET", f"/{repo_id}/resolve/main/adapter_model.safetensors") in hub.requests
+    hub.down = True  # the Hub is unreachable now: the second load must come from the cache
+    n = len(hub.requests)
+    again = load_model(repo_id, local_files_only=True, merge=False)
+    assert torch.equal(feats(again, images), before)
+    assert len(hub.requests) == n
+    shutil.rmtree(folder)  # gone from the server too: still served from the cache
+    assert torch.equal(feats(load_model(repo_id, local_files_only=True, merge=False), images), before)
+
+
+def test_registered_variant_downloads_base_and_adapter(tiny_model, images, hub, tmp_path):
+    """The registry path: base weights from one repo (timm format), the peft adapter from another."""
+    save_file(_base_state_dict(tiny_model), str(tmp_path / "model.safetensors"))
+    (hub.root / "org" / "tiny-base").mkdir(parents=True)
+    shutil.copy(tmp_path / "model.safetensors", hub.root / "org" / "tiny-base" / "model.safetensors")
+    tiny_model.backbone.save_pretrained(str(hub.root / "org" / "tiny-adapter"))
+    v = get_variant("distilldift_us").replace(
+        name="tiny_hub",
+        arch_kwargs={**get_variant("distilldift_us").arch_kwargs, **TINY},
+        weights="hf-hub:org/tiny-base",
+        adapter="org/tiny-adapter",
+    )
+    register_variant(v, overwrite=True)
+    model = load_model("tiny_hub", cache_dir=tmp_path / "cache", merge=False)
+    assert torch.equal(feats(model, images), feats(tiny_model, images))
+    register_variant(v.replace(name="tiny_missing", adapter="org/not-there"), overwrite=True)
+    with pytest.raises(WeightsNotFoundError, match="distilldift convert CHECKPOINT --out DIR --variant tiny_missing"):
+        load_model("tiny_missing", cache_dir=tmp_path / "cache")
+
+
+def test_download_errors_say_what_to_do(hub, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match=r"repo 'nobody/nothing' not found .*local folder"):
+        load_model("nobody/nothing", cache_dir=tmp_path)
+    with pytest.raises(WeightsNotFoundError, match="not in the local Hugging Face cache and offline mode is on"):
+        load_model("nobody/nothing", cache_dir=tmp_path, local_files_only=True)
+    (hub.root / "someone" / "empty").mkdir(parents=True)
+    (hub.root / "someone" / "empty" / "README.md").write_text("hi")
+    with pytest.raises(WeightsNotFoundError, match="has no distilldift_config.json: not a distilldift model folder"):
+        load_model("someone/empty", cache_dir=tmp_path)
+
+
+def test_unreachable_hub(hub, monkeypatch, tmp_path):
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # skip huggingface_hub's retry back-off
+    hub.down = True
+    with pytest.raises(WeightsNotFoundError, match="could not be reached"):
+        load_model("someone/model", cache_dir=tmp_path)
+
+
+def test_bad_names_and_folders(tmp_path, tiny_model):
+    with pytest.raises(UnknownVariantError, match="not a registered variant"):
+        load_model("no such thing")
+    with pytest.raises(UnknownVariantError):
+        load_model("./missing/folder/x")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(InvalidInputError, match="is a file"):
+        load_model(tmp_path / "f.txt")
+    tiny_model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(WeightsNotFoundError, match="missing file 'model.safetensors' in model folder"):
+        load_model(tmp_path / "m")
+
+
+def test_corrupt_and_mismatched_files(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    good = (tmp_path / "m" / "adapter_model.safetensors").read_bytes()
+    (tmp_path / "m" / "adapter_model.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "m")
+    sd = load_file(str(tmp_path / "m" / "model.safetensors"))
+    sd_extra = dict(sd, **{"extra.weight": torch.zeros(1)})
+    save_file(sd_extra, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "adapter_model.safetensors").write_bytes(good)
+    with pytest.raises(CheckpointError, match="extra.weight"):
+        load_model(tmp_path / "m")
+    sd_bad = dict(sd)
+    sd_bad["blocks.0.attn.proj.weight"] = torch.zeros(3, 3)
+    save_file(sd_bad, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        load_model(tmp_path / "m")
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    adapter = load_file(str(tmp_path / "m" / "adapter_model.safetensors"))
+    adapter["base_model.model.blocks.7.attn.qkv.lora_A.weight"] = torch.zeros(16, 64)
+    save_file(adapter, str(tmp_path / "m" / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected keys"):
+        load_model(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
+    (tmp_path / "m" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
+    with pytest.raises(CheckpointError, match="r=4 but variant 'distilldift_us' expects 16"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "distilldift_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid distilldift_config.json"):
+        load_model(tmp_path / "m")
+
+
+def test_save_is_atomic_and_overwrites(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_register_variant_any_timm_backbone(images):
+    """Any timm backbone with forward_intermediates plugs in: a CNN with two stages."""
+    v = register_variant(
+        Variant(name="resnet_test", arch="resnet18", layers=(2, 3), final_norm=False, input_size=128),
+        overwrite=True,
+    )
+    m = create_model(v.name)
+    f = extract_features(images, m)
+    assert m.stride == 8 and m.size_multiple == 16 and m.feature_dim == 128 + 256
+    assert f.features.shape == (2, 384, 16, 16)
