@@ -113,8 +113,9 @@ def main() -> None:
     print(f"ViT-B/14-reg, {a.size}x{a.size}, batch {a.batch}, {a.rounds} interleaved rounds (median)")
     print(f"  bare timm forward_features : {m_bare * 1000:8.1f} ms/batch  ({a.batch / m_bare:.2f} img/s)")
     print(f"  distilldift.extract_features: {m_ours * 1000:8.1f} ms/batch  ({a.batch / m_ours:.2f} img/s)")
-    print(f"  peak RSS during a call: ours {mem['ours']['peak_mib']:.0f} MiB (+{mem['ours']['forward_mib']:.0f} MiB "
-          f"above the process before it), bare {mem['bare']['peak_mib']:.0f} MiB (+{mem['bare']['forward_mib']:.0f})")  # fmt: skip
+    o, b = mem["ours"], mem["bare"]
+    print(f"  peak RSS during a call: ours {o['peak_mib']:.0f} MiB (+{o['forward_mib']:.0f} above the process before), "
+          f"bare {b['peak_mib']:.0f} MiB (+{b['forward_mib']:.0f})")  # fmt: skip
     print(f"ratio = bare_time / ours_time = {m_bare / m_ours:.3f}  (target >= 0.98)")
 
 

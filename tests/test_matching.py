@@ -143,3 +143,12 @@ def test_extract_features_shapes_and_batching(tiny_model):
     assert torch.allclose(one.features[0], f.features[1], atol=1e-5)  # batching does not change results
     with pytest.raises(Exception, match="one grid size"):
         extract_features([np.zeros((50, 100, 3)), np.zeros((100, 50, 3))], tiny_model, size=98, resize="keep_aspect")
+
+
+def test_bfloat16_model_gives_close_features(tiny_model):
+    img = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    f32 = extract_features(img, tiny_model, size=98).features
+    tiny_model.to(torch.bfloat16)
+    f16 = extract_features(img, tiny_model, size=98).features
+    assert f16.dtype == torch.float32  # features come back as float32 whatever the model's dtype
+    assert (f32 * f16).sum(1).min() > 0.98  # cosine similarity per location

@@ -404,6 +404,16 @@ def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_
 
     Returns:
         The folder path.
+
+    Example:
+        >>> import tempfile
+        >>> from distilldift import create_model, load_model, save_pretrained
+        >>> model = create_model("distilldift_us", embed_dim=32, depth=1, num_heads=2)
+        >>> folder = save_pretrained(model, tempfile.mkdtemp())
+        >>> sorted(p.name for p in folder.iterdir())[:3]
+        ['README.md', 'adapter_config.json', 'adapter_model.safetensors']
+        >>> load_model(folder).variant.name
+        'distilldift_us'
     """
     folder = Path(folder)
     variant = model.variant
@@ -450,6 +460,8 @@ def push_to_hub(
 
     Returns:
         The URL of the commit.
+
+    Usage: ``model.push_to_hub("you/my-distilldift")`` after ``hf auth login`` (or with ``token=``).
     """
     from huggingface_hub import HfApi
 

@@ -181,6 +181,14 @@ def upsampled_similarity(queries: torch.Tensor, features: torch.Tensor, image_si
 
     Returns:
         ``(N, H, W)``; entry ``[n, y, x]`` is the similarity at pixel ``(x, y)``.
+
+    Example:
+        >>> import torch
+        >>> from distilldift import upsampled_similarity
+        >>> f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
+        >>> s = upsampled_similarity(f[:, 1, 2][None], f, image_size=(36, 27))  # query: cell (x=2, y=1)
+        >>> s.shape, round(float(s[0, 13, 22]), 4)  # 9 px cells: that cell's centre is pixel (22, 13)
+        (torch.Size([1, 27, 36]), 1.0)
     """
     return _Upsampler(features, image_size)(queries.to(features.dtype))
 
@@ -232,7 +240,15 @@ def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
     """Mean over ``src`` cells of the best cosine similarity in ``dst``: how well ``src`` is explained by ``dst``.
 
     Used by pose-align to choose between an image and its mirror. ``src``: ``(C, h1, w1)``, ``dst``:
-    ``(C, h2, w2)``, both unit over ``C``.
+    ``(C, h2, w2)``, both unit over ``C``. Returns a float in [-1, 1].
+
+    Example:
+        >>> import torch
+        >>> from distilldift import global_similarity
+        >>> f = torch.nn.functional.normalize(torch.randn(16, 5, 5), dim=0)
+        >>> g = torch.nn.functional.normalize(torch.randn(16, 5, 5), dim=0)
+        >>> round(global_similarity(f, f), 4), global_similarity(f, g) < 1.0
+        (1.0, True)
     """
     a = src.reshape(src.shape[0], -1).t()
     b = dst.reshape(dst.shape[0], -1)

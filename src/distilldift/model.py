@@ -65,6 +65,16 @@ class DistillDiftModel(nn.Module):
         stride: input pixels per feature-grid cell (14 for ViT-B/14).
         size_multiple: input sides are rounded to a multiple of this (the coarsest stride used).
         feature_dim: channels ``C`` of the feature map.
+
+    Example:
+        >>> import torch
+        >>> from distilldift import create_model
+        >>> model = create_model("distilldift_us", embed_dim=32, depth=1, num_heads=2)
+        >>> x, geometry = model.prepare(torch.rand(3, 300, 400))  # (3, H, W) in [0, 1] -> model input
+        >>> tuple(x.shape), geometry.grid_size
+        ((3, 434, 434), (31, 31))
+        >>> model(x[None]).shape  # (B, C, H / 14, W / 14), unit norm over C
+        torch.Size([1, 32, 31, 31])
     """
 
     def __init__(self, backbone: nn.Module, variant: Variant):

@@ -180,7 +180,14 @@ def register_variant(variant: Variant, *, overwrite: bool = False) -> Variant:
 
 
 def get_variant(name: str) -> Variant:
-    """The registered variant called ``name``; raises :class:`UnknownVariantError` listing the names."""
+    """The registered variant called ``name``; raises :class:`UnknownVariantError` listing the names.
+
+    Example:
+        >>> from distilldift import get_variant
+        >>> v = get_variant("distilldift_us")
+        >>> v.arch, v.input_size, v.lora.rank
+        ('vit_base_patch14_reg4_dinov2', 434, 8)
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -191,7 +198,13 @@ def get_variant(name: str) -> Variant:
 
 
 def list_variants() -> list[str]:
-    """Names of all registered variants, sorted."""
+    """Names of all registered variants, sorted.
+
+    Example:
+        >>> from distilldift import list_variants
+        >>> "lite" in list_variants()
+        True
+    """
     return sorted(_REGISTRY)
 
 
