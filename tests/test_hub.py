@@ -226,3 +226,18 @@ def test_register_variant_any_timm_backbone(images):
     f = extract_features(images, m)
     assert m.stride == 8 and m.size_multiple == 16 and m.feature_dim == 128 + 256
     assert f.features.shape == (2, 384, 16, 16)
+
+
+def test_push_to_hub_then_load(tiny_model, images, hub):
+    repo_id = f"pusher/tiny-{uuid.uuid4().hex[:8]}"
+    url = tiny_model.push_to_hub(repo_id)
+    assert repo_id in url
+    assert sorted(p.name for p in (hub.root / repo_id).iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "distilldift_config.json",
+        "model.safetensors",
+    ]
+    assert "SDXL-Turbo" in (hub.root / repo_id / "README.md").read_text()  # the licence note travels
+    assert torch.equal(feats(load_model(repo_id, merge=False), images), feats(tiny_model, images))
