@@ -91,3 +91,24 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run("match", good, good, "-p", "1;2")
     assert r.returncode == 2 and "is not a point" in r.stderr
+
+
+@requires_shared
+def test_convert_and_push_commands(tmp_path, hub):
+    import uuid
+
+    fix = PF_WILLOW.parents[1] / "fixtures" / "official-parity"
+    r = run("convert", fix / "official_lora_checkpoint.pt", "--out", tmp_path / "m", "--variant", "distilldift_us")
+    assert r.returncode == 2 and "does it belong to this variant" in r.stderr  # a tiny model, not ViT-B
+    assert r.stderr.startswith("warning: base weights unavailable") and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+    r = run("convert", tmp_path / "missing.pt", "--out", tmp_path / "m")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    model = load_model("lite")
+    model.save_pretrained(tmp_path / "lite", save_base=True)
+    repo_id = f"cli/lite-{uuid.uuid4().hex[:6]}"
+    r = run("push", tmp_path / "lite", repo_id)
+    assert r.returncode == 0, r.stderr
+    assert (hub.root / repo_id / "distilldift_config.json").exists()
+    for cmd in ("convert", "push"):
+        assert run(cmd, "--help").returncode == 0

@@ -241,3 +241,10 @@ def test_push_to_hub_then_load(tiny_model, images, hub):
     ]
     assert "SDXL-Turbo" in (hub.root / repo_id / "README.md").read_text()  # the licence note travels
     assert torch.equal(feats(load_model(repo_id, merge=False), images), feats(tiny_model, images))
+
+
+def test_registered_variant_without_hub_says_how_to_convert(hub, tmp_path):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"`distilldift convert CHECKPOINT --out DIR --variant distilldift_ws`"
+    ):
+        load_model("distilldift_ws", cache_dir=tmp_path)

@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "load_model": "hub",
     "push_to_hub": "hub",
     "save_pretrained": "hub",
+    "export_timm": "hub",
+    "convert_checkpoint": "convert",
     # features and matching
     "Features": "features",
     "extract_features": "features",
@@ -70,6 +72,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
+    from .convert import convert_checkpoint
     from .errors import (
         CheckpointError,
         DistillDiftError,
@@ -81,7 +84,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         WeightsNotFoundError,
     )
     from .features import Features, extract_features
-    from .hub import create_model, load_model, push_to_hub, save_pretrained
+    from .hub import create_model, export_timm, load_model, push_to_hub, save_pretrained
     from .images import GridGeometry, load_image
     from .matching import (
         Matches,

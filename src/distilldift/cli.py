@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -46,11 +47,16 @@ class ResizeChoice(str, Enum):
     keep_aspect = "keep_aspect"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _user_errors(fn):
-    """Turn distilldift's user errors into a one-line message and exit code 2 (no traceback)."""
+    """Turn distilldift's user errors into a one-line message and exit code 2 (no traceback); warnings: one line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
         except DistillDiftError as e:
@@ -206,6 +212,50 @@ def extract(
         meta.append({"image": str(path), "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
     save_file(tensors, str(out), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
     console.print(f"wrote {out} ({len(images)} feature maps)")
+
+
+class FormatChoice(str, Enum):
+    adapter = "adapter"
+    timm = "timm"
+
+
+@app.command()
+@_user_errors
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="The authors' checkpoint (.pt/.ckpt/.bin or .safetensors).")],
+    out: Annotated[Path, typer.Option(help="Output model folder (load_model reads it).")],
+    variant: Annotated[str, typer.Option(help="Variant the checkpoint belongs to.")] = "distilldift_us",
+    base: Annotated[
+        Path | None, typer.Option(help="Local base weights (default: the variant's, from the Hub).")
+    ] = None,
+    self_contained: Annotated[bool, typer.Option(help="Also write the base weights into the folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Convert an authors' checkpoint into a distilldift model folder (exact same features)."""
+    from .convert import convert_checkpoint
+
+    folder = convert_checkpoint(
+        checkpoint, out, variant=variant, base=base, self_contained=self_contained, overwrite=overwrite
+    )
+    console.print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+
+
+@app.command()
+@_user_errors
+def push(
+    folder: Annotated[Path, typer.Argument(help="A model folder (save_pretrained / convert output).")],
+    repo_id: Annotated[str, typer.Argument(help="Hugging Face repo id, e.g. you/distilldift-us.")],
+    format: Annotated[
+        FormatChoice, typer.Option(help="adapter: peft adapter + distilldift config; timm: merged timm model.")
+    ] = FormatChoice.adapter,
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+) -> None:
+    """Upload a model folder to the Hugging Face Hub (log in first: `hf auth login`)."""
+    from .hub import load_model
+
+    model = load_model(folder, merge=False)
+    url = model.push_to_hub(repo_id, format=format.value, private=private)
+    console.print(f"pushed {folder} to {repo_id} ({format.value} format): {url}")
 
 
 @app.command()

@@ -38,7 +38,7 @@ from .lite import lite0_weights_file
 from .model import DistillDiftModel, build_backbone
 from .variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
 
-__all__ = ["create_model", "load_model", "save_pretrained", "push_to_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["create_model", "load_model", "save_pretrained", "export_timm", "push_to_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "distilldift_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -259,19 +259,19 @@ def create_model(
                 f"No pretrained adapter exists for {variant.name!r}. Use pretrained=False, or train one."
             )
         repo, rev = _split_revision(variant.adapter)
-        hub = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
-
-        def adapter_get(filename: str, required: bool = True) -> str | None:
-            try:
-                return hub(filename, required)
-            except WeightsNotFoundError as e:
-                raise WeightsNotFoundError(
-                    f"{e}. The adapter of {variant.name!r} is expected on the Hub at {repo!r}. If you have the "
-                    "authors' checkpoint instead, convert it: `distilldift convert CHECKPOINT --out DIR "
-                    f"--variant {variant.name}`, then load_model(DIR)"
-                ) from e
-
-    model = _build(variant, get=None, adapter_get=adapter_get, cache_dir=cache_dir, local_files_only=local_files_only)
+        adapter_get = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
+    try:
+        model = _build(
+            variant, get=None, adapter_get=adapter_get, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+    except WeightsNotFoundError as e:
+        if variant.adapter is None:
+            raise
+        raise WeightsNotFoundError(
+            f"{e}. The weights of {variant.name!r} are expected on the Hub at {variant.adapter!r} (adapter) and "
+            f"{variant.weights!r} (base). If you have the authors' checkpoint instead, convert it: "
+            f"`distilldift convert CHECKPOINT --out DIR --variant {variant.name}`, then load_model(DIR)"
+        ) from e
     return _place(model, device, dtype)
 
 
@@ -447,16 +447,76 @@ def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_
     return folder
 
 
+def _timm_model_card(variant: Variant, repo_hint: str) -> str:
+    layers = list(variant.layers)
+    lines = [
+        "---",
+        "library_name: timm",
+        "tags: [semantic-correspondence, image-feature-extraction, distilldift]",
+        "---",
+        f"# {variant.name} (timm format)",
+        "",
+        (variant.description or "A distilldift dense-feature model.") + " LoRA adapter merged into the weights.",
+        "",
+        "Loads with timm alone; dense features are the intermediates below, L2-normalised over channels:",
+        "",
+        "```python",
+        "import timm, torch.nn.functional as F",
+        f'model = timm.create_model("hf-hub:{repo_hint}", pretrained=True).eval()',
+        f"maps = model.forward_intermediates(x, indices={layers}, norm={variant.final_norm}, intermediates_only=True)",
+        "features = F.normalize(maps[0], dim=1)  # (B, C, H / 14, W / 14)",
+        "```",
+        "",
+        f"Input: {variant.input_size} px ({variant.resize}), mean {list(variant.mean)}, std {list(variant.std)}.",
+        "With distilldift installed, `distilldift.load_model` + `match_points` do matching and tracking.",
+        "",
+        "Method: *Distillation of Diffusion Features for Semantic Correspondence* (Fundel, Schusterbauer, Hu, Ommer, "
+        "WACV 2025), https://compvis.github.io/distilldift",
+    ]
+    if variant.license:
+        lines += ["", f"Licence note: {variant.license}"]
+    return "\n".join(lines) + "\n"
+
+
+def export_timm(model: DistillDiftModel, folder: str | os.PathLike, *, repo_hint: str = "REPO_ID") -> Path:
+    """Write ``model`` (adapter merged) in timm's Hugging Face format: ``config.json`` + ``model.safetensors``.
+
+    ``timm.create_model("hf-hub:REPO_ID", pretrained=True)`` then builds it without distilldift installed.
+    The model itself is not modified.
+
+    Returns:
+        The folder path.
+    """
+    import copy
+
+    from timm.models import save_for_hf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clone = copy.deepcopy(model)
+    timm_model = clone.backbone.merge_and_unload() if clone.has_adapter else clone.backbone
+    save_for_hf(timm_model, str(folder), model_args=dict(model.variant.arch_kwargs), safe_serialization=True)
+    (folder / "README.md").write_text(_timm_model_card(model.variant, repo_hint), encoding="utf-8")
+    return folder
+
+
 def push_to_hub(
     model: DistillDiftModel,
     repo_id: str,
     *,
+    format: str = "adapter",
     private: bool = False,
     token: str | None = None,
     commit_message: str = "Upload distilldift model",
     save_base: bool | None = None,
 ) -> str:
-    """Create (if needed) the Hub repo ``repo_id`` and upload the :func:`save_pretrained` folder.
+    """Create (if needed) the Hub repo ``repo_id`` and upload the model.
+
+    Args:
+        format: ``"adapter"``: the :func:`save_pretrained` folder (peft adapter + distilldift config + model card);
+            ``"timm"``: the merged model in timm's format (:func:`export_timm`), loadable with timm alone.
+        private, token, commit_message: as in ``huggingface_hub.HfApi``.
+        save_base: for ``"adapter"``, see :func:`save_pretrained`.
 
     Returns:
         The URL of the commit.
@@ -465,9 +525,14 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi
 
+    if format not in ("adapter", "timm"):
+        raise InvalidInputError(f"format must be 'adapter' or 'timm', got {format!r}")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, save_base=save_base)
+        if format == "timm":
+            export_timm(model, tmp, repo_hint=repo_id)
+        else:
+            save_pretrained(model, tmp, save_base=save_base)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
     return str(info)

@@ -139,12 +139,12 @@ class DistillDiftModel(nn.Module):
         self.train(was_training)
         return out.shape[1]
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         maps = self.timm_model.forward_intermediates(
             x, indices=list(self.variant.layers), norm=self.variant.final_norm, intermediates_only=True
         )
         if len(maps) == 1:
-            return F.normalize(maps[0], dim=1)
+            return F.normalize(maps[0], dim=1) if normalize else maps[0]
         h = max(t.shape[-2] for t in maps)
         w = max(t.shape[-1] for t in maps)
         parts = [
@@ -154,24 +154,28 @@ class DistillDiftModel(nn.Module):
             )
             for t in maps
         ]
-        return F.normalize(torch.cat(parts, dim=1), dim=1)
+        out = torch.cat(parts, dim=1)
+        return F.normalize(out, dim=1) if normalize else out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Dense features of a normalised batch.
 
         Args:
             x: ``(B, 3, H, W)`` images already resized and normalised (see :meth:`prepare`); ``H`` and ``W``
                 multiples of :attr:`size_multiple`.
+            normalize: L2-normalise over channels (what matching uses). ``False`` gives the backbone's raw
+                features, e.g. DINOv2's ``x_norm_patchtokens`` as a map (several layers: each layer is
+                L2-normalised before they are concatenated).
 
         Returns:
-            ``(B, C, H / stride, W / stride)`` features, L2-normalised over ``C``.
+            ``(B, C, H / stride, W / stride)`` features.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ShapeError("model input", "(B, 3, H, W)", tuple(x.shape))
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
-        return self._features(x)
+        return self._features(x, normalize)
 
     def geometry(self, image_size: tuple[int, int], size: int | None = None, resize: str | None = None) -> GridGeometry:
         """The :class:`GridGeometry` of an image of ``image_size = (W, H)`` at this model's (or the given) settings."""
@@ -194,7 +198,7 @@ class DistillDiftModel(nn.Module):
         return save_pretrained(self, folder, save_base=save_base)
 
     def push_to_hub(self, repo_id: str, **kwargs):
-        """Upload the model to the Hugging Face Hub (see :func:`distilldift.push_to_hub`)."""
+        """Upload the model to the Hugging Face Hub (see :func:`distilldift.push_to_hub`; ``format="timm"`` too)."""
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)

@@ -1,0 +1,147 @@
+"""The authors' checkpoints: exact parity with their model code (fixture in ../shared), errors, timm export."""
+
+import shutil
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import SHARED, requires_shared
+from distilldift import (
+    CheckpointError,
+    InvalidInputError,
+    LoraSpec,
+    Variant,
+    WeightsNotFoundError,
+    convert_checkpoint,
+    load_model,
+)
+from distilldift.hub import _build, _folder_getter
+
+FIX = SHARED / "fixtures" / "official-parity"
+BASE = FIX / "base_dinov2_hub_format.safetensors"
+# the fixture's tiny DINOv2-with-registers: the hub dinov2_vitb14_reg config with small sizes (fixture README)
+TINY_KW = dict(embed_dim=64, depth=2, num_heads=2, img_size=518, init_values=1.0, dynamic_img_size=True, num_classes=0)
+TINY = Variant(name="official_tiny", arch="vit_small_patch14_reg4_dinov2", arch_kwargs=TINY_KW, layers=(-1,),
+               lora=LoraSpec(rank=8))  # fmt: skip
+
+pytestmark = requires_shared
+
+
+def max_diff(model, expected_file) -> float:
+    inputs, expected = load_file(str(FIX / "inputs.safetensors")), load_file(str(FIX / expected_file))
+    with torch.no_grad():
+        return max(
+            (model(inputs[k], normalize=False) - expected[k]).abs().max().item() for k in ("square", "nonsquare")
+        )
+
+
+@pytest.mark.parametrize(
+    "checkpoint, expected",
+    [
+        ("official_lora_checkpoint.pt", "expected.safetensors"),
+        ("official_lora_checkpoint.safetensors", "expected.safetensors"),
+        ("official_lora_checkpoint_qkv_trained.pt", "expected_qkv_trained.safetensors"),
+        ("official_lora_checkpoint_qkv_trained.safetensors", "expected_qkv_trained.safetensors"),
+    ],
+)
+def test_parity_with_the_authors_code(tmp_path, checkpoint, expected):
+    out = convert_checkpoint(FIX / checkpoint, tmp_path / "m", variant=TINY, base=BASE)
+    assert max_diff(load_model(out, merge=False), expected) <= 1e-5
+    assert max_diff(load_model(out, merge=True), expected) <= 1e-5
+    if "qkv_trained" not in checkpoint:  # control: a plain LoRA checkpoint is not the qkv-trained model
+        assert max_diff(load_model(out), "expected_qkv_trained.safetensors") > 1e-3
+
+
+def test_parity_without_adapter(tmp_path):
+    """The base weights alone, read through timm's own DINOv2 checkpoint conversion."""
+    shutil.copy(BASE, tmp_path / "base.safetensors")
+    model = _build(
+        TINY.replace(lora=None, weights="file:base.safetensors"),
+        get=_folder_getter(tmp_path),
+        adapter_get=None,
+        cache_dir=None,
+        local_files_only=True,
+    )
+    assert max_diff(model, "expected_no_lora.safetensors") <= 1e-5
+
+
+def test_ddp_prefix_is_stripped(tmp_path):
+    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
+    save_file({"module." + k: v for k, v in sd.items()}, str(tmp_path / "ddp.safetensors"))
+    out = convert_checkpoint(tmp_path / "ddp.safetensors", tmp_path / "m", variant=TINY, base=BASE)
+    assert max_diff(load_model(out), "expected.safetensors") <= 1e-5
+
+
+def test_adapter_only_when_base_is_public(tmp_path, hub):
+    """Base weights equal to the variant's public ones: the folder holds only the adapter (+ config)."""
+    repo = f"org/tiny-dinov2-{uuid.uuid4().hex[:6]}"
+    (hub.root / repo).mkdir(parents=True)
+    shutil.copy(BASE, hub.root / repo / "model.safetensors")  # DINOv2 hub format: timm converts it on load
+    public = TINY.replace(weights=f"hf-hub:{repo}")
+    out = convert_checkpoint(FIX / "official_lora_checkpoint.pt", tmp_path / "m", variant=public)
+    assert not (out / "model.safetensors").exists()
+    assert max_diff(load_model(out), "expected.safetensors") <= 1e-5
+    with pytest.warns(UserWarning, match="base tensors differ"):
+        out2 = convert_checkpoint(FIX / "official_lora_checkpoint_qkv_trained.pt", tmp_path / "m2", variant=public)
+    assert (out2 / "model.safetensors").exists()
+    assert max_diff(load_model(out2), "expected_qkv_trained.safetensors") <= 1e-5
+
+
+def test_bad_checkpoints(tmp_path):
+    good = (FIX / "official_lora_checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*corrupt, truncated"):
+        convert_checkpoint(tmp_path / "cut.pt", tmp_path / "m", variant=TINY, base=BASE)
+    assert not (tmp_path / "m").exists()
+    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
+
+    def convert(state, **kw):
+        save_file(state, str(tmp_path / "c.safetensors"))
+        return convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY, base=BASE, **kw)
+
+    with pytest.raises(CheckpointError, match=r"keys not understood \['head.weight', 'optimizer_step'\]"):
+        convert({**sd, "model.head.weight": torch.zeros(3, 64), "optimizer_step": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"unknown LoRA key 'model.blocks.0.attn.qkv.linear_a_k.weight'"):
+        convert({**sd, "model.blocks.0.attn.qkv.linear_a_k.weight": torch.zeros(8, 64)})
+    bad = dict(sd)
+    bad["model.blocks.1.attn.qkv.linear_b_v.weight"] = torch.zeros(64, 4)
+    with pytest.raises(CheckpointError, match=r"block 1: linear_b_v.weight has shape \(64, 4\), expected \(64, 8\)"):
+        convert(bad)
+    bad = dict(sd)
+    bad["model.blocks.0.mlp.fc1.weight"] = torch.zeros(128, 64)
+    with pytest.raises(CheckpointError, match=r"blocks.0.mlp.fc1.weight has shape \(128, 64\), the model expects"):
+        convert(bad)
+    bad = {k: v for k, v in sd.items() if "linear_b_q" not in k or "blocks.1" not in k}
+    with pytest.raises(CheckpointError, match=r"block 1: LoRA tensors \['b_q'\] missing"):
+        convert(bad)
+    with pytest.raises(CheckpointError, match="LoRA rank 8, but variant 'official_tiny' has rank 4"):
+        save_file(sd, str(tmp_path / "c.safetensors"))
+        convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY.replace(lora=LoraSpec(rank=4)))
+    assert not (tmp_path / "m").exists()  # no failed conversion left a folder behind
+    with pytest.raises(WeightsNotFoundError, match="checkpoint not found"):
+        convert_checkpoint(tmp_path / "nope.pt", tmp_path / "m", variant=TINY, base=BASE)
+    convert(sd)
+    with pytest.raises(InvalidInputError, match="exists and is not empty; pass overwrite=True"):
+        convert(sd)
+    convert(sd, overwrite=True)
+
+
+def test_push_timm_format_loads_with_timm_alone(tmp_path, hub):
+    import timm
+
+    out = convert_checkpoint(FIX / "official_lora_checkpoint_qkv_trained.pt", tmp_path / "m", variant=TINY, base=BASE)
+    model = load_model(out, merge=False)
+    repo_id = f"pusher/timm-{uuid.uuid4().hex[:6]}"
+    model.push_to_hub(repo_id, format="timm")
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (hub.root / repo_id).iterdir()}
+    plain = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()  # timm alone, through the local Hub
+    x = load_file(str(FIX / "inputs.safetensors"))["nonsquare"]
+    with torch.no_grad():
+        ref = model(x)
+        got = torch.nn.functional.normalize(
+            plain.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0], dim=1
+        )
+    assert (got - ref).abs().max() <= 1e-5
+    assert not model.merged  # exporting does not touch the model
