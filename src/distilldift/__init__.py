@@ -42,8 +42,13 @@ _EXPORTS: dict[str, str] = {
     "match_points": "matching",
     "sample_features": "matching",
     "upsampled_similarity": "matching",
+    # video
+    "Tracks": "video",
+    "track_video": "video",
     # drawing
     "draw_matches": "viz",
+    "draw_tracks": "viz",
+    "render_tracks": "viz",
     # errors
     "CheckpointError": "errors",
     "DistillDiftError": "errors",
@@ -53,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "ShapeError": "errors",
     "UnknownVariantError": "errors",
     "WeightsNotFoundError": "errors",
+    "VideoError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -81,6 +87,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         PointsOutsideImageError,
         ShapeError,
         UnknownVariantError,
+        VideoError,
         WeightsNotFoundError,
     )
     from .features import Features, extract_features
@@ -96,4 +103,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     )
     from .model import DistillDiftModel
     from .variants import DEFAULT_VARIANT, LoraSpec, Variant, get_variant, list_variants, register_variant
-    from .viz import draw_matches
+    from .video import Tracks, track_video
+    from .viz import draw_matches, draw_tracks, render_tracks

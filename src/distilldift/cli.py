@@ -214,6 +214,65 @@ def extract(
     console.print(f"wrote {out} ({len(images)} feature maps)")
 
 
+@app.command()
+@_user_errors
+def track(
+    video: Annotated[Path, typer.Argument(help="Video file (any format PyAV reads) or a folder of frames.")],
+    points: Annotated[
+        list[str] | None,
+        typer.Option("--points", "-p", help="Point x,y on the query frame; repeat, or quote several: '1,2 3,4'."),
+    ] = None,
+    points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
+    grid: Annotated[int, typer.Option(help="With no points: an N x N spread of points over the query frame.")] = 3,
+    query_frame: Annotated[int, typer.Option(help="Index of the frame the points are on.")] = 0,
+    model: ModelOpt = "distilldift_us",
+    batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 8,
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    out: Annotated[Path | None, typer.Option(help="Write the tracks: .json or .csv.")] = None,
+    render: Annotated[Path | None, typer.Option(help="Write the video with the tracks drawn on it (.mp4).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Follow points placed on one frame through a whole VIDEO."""
+    import time
+
+    from .video import iter_frames, track_video
+    from .viz import render_tracks
+
+    pts = _parse_points(points or [])
+    if points_file is not None:
+        pts += _read_points_file(points_file)
+    if not pts:
+        first = next(iter_frames(video))
+        pts = _grid_points(first.shape[-1], first.shape[-2], max(1, grid))
+    net = _load(model, device)
+    start = time.perf_counter()
+    tracks = track_video(
+        video,
+        pts,
+        model=net,
+        query_frame=query_frame,
+        batch_size=batch_size,
+        size=size,
+        resize=resize.value if resize else None,
+        method=method.value,
+        progress=True,
+    )
+    elapsed = time.perf_counter() - start
+    frames = len(tracks)
+    console.print(
+        f"tracked {len(tracks.query)} points through {frames} frames in {elapsed:.1f} s: "
+        f"{frames / elapsed:.1f} FPS ({tracks.visible.float().mean():.0%} visible)"
+    )
+    if out is not None:
+        tracks.save(out)
+        console.print(f"wrote {out}")
+    if render is not None:
+        render_tracks(video, tracks, render)
+        console.print(f"wrote {render}")
+
+
 class FormatChoice(str, Enum):
     adapter = "adapter"
     timm = "timm"

@@ -16,6 +16,7 @@ __all__ = [
     "UnknownVariantError",
     "WeightsNotFoundError",
     "CheckpointError",
+    "VideoError",
 ]
 
 
@@ -59,3 +60,7 @@ class WeightsNotFoundError(DistillDiftError, FileNotFoundError):
 
 class CheckpointError(DistillDiftError, ValueError):
     """A weights file is corrupt, truncated, or has unexpected/missing keys or wrong shapes."""
+
+
+class VideoError(InvalidInputError):
+    """A video is missing, unreadable, empty, or has frames of changing size."""

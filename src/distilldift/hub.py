@@ -495,6 +495,7 @@ def export_timm(model: DistillDiftModel, folder: str | os.PathLike, *, repo_hint
     folder.mkdir(parents=True, exist_ok=True)
     clone = copy.deepcopy(model)
     timm_model = clone.backbone.merge_and_unload() if clone.has_adapter else clone.backbone
+    timm_model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors only
     save_for_hf(timm_model, str(folder), model_args=dict(model.variant.arch_kwargs), safe_serialization=True)
     (folder / "README.md").write_text(_timm_model_card(model.variant, repo_hint), encoding="utf-8")
     return folder

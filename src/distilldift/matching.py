@@ -123,49 +123,91 @@ def sample_features(features: torch.Tensor, grid_points: torch.Tensor) -> torch.
 
 
 class _Upsampler:
-    """Exact cosine similarity of queries with a feature map bilinearly upsampled to ``image_size``."""
+    """Exact cosine similarity of queries with a feature map bilinearly upsampled to ``image_size``.
+
+    The norm of the interpolated feature at a pixel needs only the dot products of neighbouring cells (computed
+    here, at grid size); it is evaluated lazily, for the whole image or just the windows asked for.
+    """
 
     def __init__(self, features: torch.Tensor, image_size: tuple[int, int]):
         c, gh, gw = features.shape
         w, h = image_size
         dev = features.device
         self.features = features
-        self.iy0, self.iy1, ay = _axis_weights(gh, h, dev)
-        self.ix0, self.ix1, ax = _axis_weights(gw, w, dev)
-        self.ay, self.ax = ay.view(h, 1), ax.view(1, w)
+        self.iy0, self.iy1, self.ay_flat = _axis_weights(gh, h, dev)
+        self.ix0, self.ix1, self.ax_flat = _axis_weights(gw, w, dev)
+        self.ay, self.ax = self.ay_flat.view(h, 1), self.ax_flat.view(1, w)
         f = features
         xr = torch.arange(gw, device=dev).add(1).clamp(max=gw - 1)
         yd = torch.arange(gh, device=dev).add(1).clamp(max=gh - 1)
-        sq = (f * f).sum(0)  # |f|^2
-        hor = (f * f[:, :, xr]).sum(0)  # f[y, x] . f[y, x+1]
-        ver = (f * f[:, yd, :]).sum(0)  # f[y, x] . f[y+1, x]
-        dia = (f * f[:, yd][:, :, xr]).sum(0)  # f[y, x] . f[y+1, x+1]
-        anti = (f[:, :, xr] * f[:, yd, :]).sum(0)  # f[y, x+1] . f[y+1, x]
-        y0, y1 = self.iy0.view(h, 1), self.iy1.view(h, 1)
-        x0, x1 = self.ix0.view(1, w), self.ix1.view(1, w)
-        w00, w01 = (1 - self.ay) * (1 - self.ax), (1 - self.ay) * self.ax
-        w10, w11 = self.ay * (1 - self.ax), self.ay * self.ax
+        self.sq = (f * f).sum(0)  # |f|^2
+        self.hor = (f * f[:, :, xr]).sum(0)  # f[y, x] . f[y, x+1]
+        self.ver = (f * f[:, yd, :]).sum(0)  # f[y, x] . f[y+1, x]
+        self.dia = (f * f[:, yd][:, :, xr]).sum(0)  # f[y, x] . f[y+1, x+1]
+        self.anti = (f[:, :, xr] * f[:, yd, :]).sum(0)  # f[y, x+1] . f[y+1, x]
+        self._inv_norm: torch.Tensor | None = None
+
+    def inv_norm_at(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """``1 / |interpolated feature|`` at pixel rows ``ys`` and columns ``xs`` (broadcast together)."""
+        y0, y1, ay = self.iy0[ys], self.iy1[ys], self.ay_flat[ys]
+        x0, x1, ax = self.ix0[xs], self.ix1[xs], self.ax_flat[xs]
+        w00, w01, w10, w11 = (1 - ay) * (1 - ax), (1 - ay) * ax, ay * (1 - ax), ay * ax
         norm2 = (
-            w00 * w00 * sq[y0, x0]
-            + w01 * w01 * sq[y0, x1]
-            + w10 * w10 * sq[y1, x0]
-            + w11 * w11 * sq[y1, x1]
-            + 2 * w00 * w01 * hor[y0, x0]
-            + 2 * w10 * w11 * hor[y1, x0]
-            + 2 * w00 * w10 * ver[y0, x0]
-            + 2 * w01 * w11 * ver[y0, x1]
-            + 2 * w00 * w11 * dia[y0, x0]
-            + 2 * w01 * w10 * anti[y0, x0]
+            w00 * w00 * self.sq[y0, x0]
+            + w01 * w01 * self.sq[y0, x1]
+            + w10 * w10 * self.sq[y1, x0]
+            + w11 * w11 * self.sq[y1, x1]
+            + 2 * w00 * w01 * self.hor[y0, x0]
+            + 2 * w10 * w11 * self.hor[y1, x0]
+            + 2 * w00 * w10 * self.ver[y0, x0]
+            + 2 * w01 * w11 * self.ver[y0, x1]
+            + 2 * w00 * w11 * self.dia[y0, x0]
+            + 2 * w01 * w10 * self.anti[y0, x0]
         )
-        self.inv_norm = norm2.clamp(min=1e-12).rsqrt()  # (H, W)
+        return norm2.clamp(min=1e-12).rsqrt()
+
+    @property
+    def inv_norm(self) -> torch.Tensor:
+        """``(H, W)`` for the whole image (computed once)."""
+        if self._inv_norm is None:
+            dev = self.features.device
+            ys = torch.arange(self.ay.shape[0], device=dev).view(-1, 1)
+            xs = torch.arange(self.ax.shape[1], device=dev).view(1, -1)
+            self._inv_norm = self.inv_norm_at(ys, xs)
+        return self._inv_norm
+
+    def grid(self, queries: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` unit queries -> ``(N, gh, gw)`` cosine similarity with the grid cells."""
+        c, gh, gw = self.features.shape
+        return (queries @ self.features.reshape(c, gh * gw)).view(-1, gh, gw)
 
     def __call__(self, queries: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` unit queries -> ``(N, H, W)`` cosine similarity."""
-        c, gh, gw = self.features.shape
-        s = (queries @ self.features.reshape(c, gh * gw)).view(-1, gh, gw)
+        s = self.grid(queries)
         s = s[:, :, self.ix0] * (1 - self.ax) + s[:, :, self.ix1] * self.ax  # (N, gh, W)
         s = s[:, self.iy0, :] * (1 - self.ay) + s[:, self.iy1, :] * self.ay  # (N, H, W)
         return s * self.inv_norm
+
+    def window(self, queries: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The same similarity on per-query windows: ``[n, j, i]`` is pixel ``(x0[n] + i, y0[n] + j)``.
+
+        ``size = (ww, wh)``; windows must lie inside the image. Returns ``(N, wh, ww)``.
+        """
+        ww, wh = size
+        s = self.grid(queries)  # (N, gh, gw)
+        n, gh, _ = s.shape
+        xs = x0.view(n, 1) + torch.arange(ww, device=s.device)  # (N, ww)
+        ys = y0.view(n, 1) + torch.arange(wh, device=s.device)  # (N, wh)
+        ax, ay = self.ax_flat[xs].unsqueeze(1), self.ay_flat[ys].unsqueeze(2)
+        s = (
+            s.gather(2, self.ix0[xs].unsqueeze(1).expand(n, gh, ww)) * (1 - ax)
+            + s.gather(2, self.ix1[xs].unsqueeze(1).expand(n, gh, ww)) * ax
+        )  # (N, gh, ww)
+        s = (
+            s.gather(1, self.iy0[ys].unsqueeze(2).expand(n, wh, ww)) * (1 - ay)
+            + s.gather(1, self.iy1[ys].unsqueeze(2).expand(n, wh, ww)) * ay
+        )  # (N, wh, ww)
+        return s * self.inv_norm_at(ys.unsqueeze(2), xs.unsqueeze(1))
 
 
 def upsampled_similarity(queries: torch.Tensor, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -216,6 +258,37 @@ def _locate(
     x = (p * cx).sum((1, 2))
     y = (p * cy).sum((1, 2))
     return torch.stack([x, y], 1).float(), score
+
+
+def _match_local(
+    queries: torch.Tensor,
+    up: _Upsampler,
+    geom: GridGeometry,
+    method: str,
+    radius: tuple[int, int],
+    temperature: float,
+    cells: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse to fine: the best grid cell, then the exact upsampled similarity within ``cells`` cells of it."""
+    w, h = geom.image_size
+    sx, sy = geom.cell_size
+    n = queries.shape[0]
+    best = up.grid(queries).reshape(n, -1).argmax(dim=1)
+    gw = geom.grid_size[0]
+    centre = geom.grid_to_image(torch.stack([best % gw, best // gw], 1).double()).to(queries.device)
+    ww, wh = min(w, 2 * int(cells * sx) + 1), min(h, 2 * int(cells * sy) + 1)
+    x0 = (centre[:, 0].round().long() - ww // 2).clamp(0, w - ww)
+    y0 = (centre[:, 1].round().long() - wh // 2).clamp(0, h - wh)
+    loc, score = _locate(up.window(queries, x0, y0, (ww, wh)), "nn", radius, temperature)
+    loc = loc + torch.stack([x0, y0], 1).to(loc.dtype)
+    if method == "nn":
+        return loc, score
+    # soft-argmax on a window centred on that pixel, as large as the exhaustive search would use
+    sw, sh = min(w, 2 * radius[0] + 1), min(h, 2 * radius[1] + 1)
+    x1 = (loc[:, 0].long() - radius[0]).clamp(0, w - sw)
+    y1 = (loc[:, 1].long() - radius[1]).clamp(0, h - sh)
+    soft, score = _locate(up.window(queries, x1, y1, (sw, sh)), "soft", radius, temperature)
+    return soft + torch.stack([x1, y1], 1).to(soft.dtype), score
 
 
 def _match_dense(

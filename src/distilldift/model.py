@@ -81,6 +81,7 @@ class DistillDiftModel(nn.Module):
         super().__init__()
         self.variant = variant
         self.backbone = backbone
+        self.timm_model.to(memory_format=torch.channels_last)  # faster convolutions (CPU oneDNN, cuDNN)
         reductions = _reductions(self.timm_model, variant.layers)
         self.stride = min(reductions)
         self.size_multiple = max(reductions)
@@ -140,6 +141,7 @@ class DistillDiftModel(nn.Module):
         return out.shape[1]
 
     def _features(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         maps = self.timm_model.forward_intermediates(
             x, indices=list(self.variant.layers), norm=self.variant.final_norm, intermediates_only=True
         )

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from .images import ImageInput, as_points, load_image
 
-__all__ = ["draw_matches", "palette"]
+__all__ = ["draw_matches", "draw_tracks", "render_tracks", "palette"]
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
@@ -88,3 +88,60 @@ def draw_matches(
     if out is not None:
         canvas.save(out)
     return canvas
+
+
+def draw_tracks(frame: ImageInput, points: torch.Tensor, visible: torch.Tensor | None = None, *, radius: int = 0):
+    """Draw one frame of tracks: ``points`` ``(L, N, 2)``, the last ``L`` positions of ``N`` points (oldest first).
+
+    Each point gets its own colour (:func:`palette`); its trail is a line through the visible positions, the
+    current position a dot (hollow when not visible). Returns the RGB ``PIL.Image`` at the frame's size.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from distilldift.viz import draw_tracks
+        >>> im = draw_tracks(np.zeros((40, 60, 3), np.uint8), torch.tensor([[[5.0, 5.0]], [[20.0, 10.0]]]))
+        >>> im.size, im.getpixel((20, 10)) != (0, 0, 0)
+        ((60, 40), True)
+    """
+    img = _to_pil(frame)
+    draw = ImageDraw.Draw(img)
+    r = radius or max(3, img.height // 120)
+    length, n = points.shape[0], points.shape[1]
+    vis = torch.ones(length, n, dtype=torch.bool) if visible is None else visible.bool()
+    for i, color in enumerate(palette(n)):
+        trail = [tuple(points[t, i].tolist()) for t in range(length) if vis[t, i]]
+        if len(trail) > 1:
+            draw.line(trail, fill=color, width=max(1, r // 2), joint="curve")
+        x, y = points[-1, i].tolist()
+        box = [x - r, y - r, x + r, y + r]
+        draw.ellipse(box, fill=color if vis[-1, i] else None, outline=(0, 0, 0) if vis[-1, i] else color, width=2)
+    return img
+
+
+def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps: float | None = None) -> str:
+    """Write ``video`` with ``tracks`` drawn on it (each point's trail in its own colour) to ``out`` (H.264 .mp4).
+
+    Frames are streamed: memory stays flat. ``trail``: number of past frames shown. Returns the output path.
+    """
+    import av
+
+    from .video import iter_frames
+
+    out = str(out)
+    rate = fps or tracks.fps or 10.0
+    with av.open(out, mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(rate))
+        stream.pix_fmt = "yuv420p"
+        w, h = tracks.image_size
+        stream.width, stream.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
+        for t, frame in enumerate(iter_frames(video)):
+            if t >= len(tracks):
+                break
+            lo = max(0, t - trail + 1)
+            img = draw_tracks(frame, tracks.points[lo : t + 1], tracks.visible[lo : t + 1])
+            img = img.crop((0, 0, stream.width, stream.height))
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out
