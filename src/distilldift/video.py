@@ -268,6 +268,7 @@ def track_video(
     search_radius: float | None = None,
     min_score: float | None = None,
     exhaustive: bool = False,
+    device: str | torch.device | None = None,
     progress: bool = True,
     prefetch: bool = True,
 ) -> Tracks:
@@ -292,6 +293,7 @@ def track_video(
             resolution (as :func:`match_points` does). Default: coarse to fine, i.e. the best feature cell, then the
             exact upsampled similarity within 2 cells of it, and the visibility back-match on the grid: the same
             result unless the best pixel lies far from the best cell, and many times faster on large frames.
+        device: run on this device (the model is moved there); default: where the model is.
         progress: show a progress bar (rich).
         prefetch: decode and resize the next batch in a background thread while the model runs.
 
@@ -322,6 +324,8 @@ def track_video(
         n = "an unknown number of" if source.length is None else source.length
         raise InvalidInputError(f"query_frame {query_frame} is out of range: the video has {n} frames")
     model = _resolve(model)
+    if device is not None:
+        model.to(device)
     p = next(model.parameters())
     if source.kind == "file" and source.size is not None:  # the decoder scales frames straight to the input size
         geom = model.geometry(source.size, size, resize)
