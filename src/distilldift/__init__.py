@@ -42,6 +42,9 @@ _EXPORTS: dict[str, str] = {
     "match_points": "matching",
     "sample_features": "matching",
     "upsampled_similarity": "matching",
+    # evaluation
+    "evaluate": "evaluation",
+    "EvalResult": "evaluation",
     # video
     "Tracks": "video",
     "track_video": "video",
@@ -90,6 +93,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         VideoError,
         WeightsNotFoundError,
     )
+    from .evaluation import EvalResult, evaluate
     from .features import Features, extract_features
     from .hub import create_model, export_timm, load_model, push_to_hub, save_pretrained
     from .images import GridGeometry, load_image

@@ -273,6 +273,54 @@ def track(
         console.print(f"wrote {render}")
 
 
+class DatasetChoice(str, Enum):
+    spair = "spair"
+    pf_willow = "pf-willow"
+    cub = "cub"
+
+
+@app.command("eval")
+@_user_errors
+def eval_(
+    dataset: Annotated[DatasetChoice, typer.Option(help="Benchmark.")],
+    root: Annotated[Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW or CUB_200_2011).")],
+    model: ModelOpt = "distilldift_us",
+    split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs.")] = None,
+    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    flip: Annotated[FlipChoice, typer.Option(help="Pose-align: no, yes, auto.")] = FlipChoice.no,
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """PCK@0.1/0.05/0.01 (image and bbox thresholds) on a benchmark, per point, pair and category."""
+    from .datasets import read_dataset
+    from .evaluation import evaluate, save_result
+
+    data = read_dataset(dataset.value, root, split)
+    net = _load(model, device)
+    flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
+    r = evaluate(
+        data, net, method=method.value, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
+    )
+    table = Table(title=f"{dataset.value} ({model}): PCK per category, per-point average within each")
+    table.add_column("category", no_wrap=True)
+    for kind in ("img", "bbox"):
+        for a in r.alphas:
+            table.add_column(f"{kind}@{a:g}", justify="right")
+    rows = [(c, v) for c, v in r.categories.items()]
+    rows += [("mean over categories", r.per_category), ("all points", r.per_point), ("mean over pairs", r.per_pair)]
+    for name, values in rows:
+        table.add_row(name, *[f"{100 * values[k][a]:.2f}" for k in ("img", "bbox") for a in r.alphas])
+    console.print(table)
+    console.print(f"{r.protocol}. {r.n_pairs} pairs, {r.n_points} points; features computed for "
+                  f"{r.settings['features_computed']} images.")  # fmt: skip
+    if out is not None:
+        save_result(r, out)
+        console.print(f"wrote {out}")
+
+
 class FormatChoice(str, Enum):
     adapter = "adapter"
     timm = "timm"

@@ -29,6 +29,7 @@ __all__ = [
     "sample_features",
     "upsampled_similarity",
     "global_similarity",
+    "flip_queries",
 ]
 
 Method = Literal["nn", "soft"]
@@ -403,7 +404,28 @@ def match_features(
     return Matches(pts, matched.cpu(), scores.float().cpu(), is_mutual, cycle)
 
 
-def _flip_points(points: torch.Tensor, width: int) -> torch.Tensor:
+def flip_queries(points: torch.Tensor, width: int, permutation: Sequence[int] | None = None) -> torch.Tensor:
+    """Query points for the mirrored source image: point ``i`` is the mirror of ``points[permutation[i]]``.
+
+    Args:
+        points: ``(N, 2)`` pixel ``(x, y)`` in the source image of width ``width``.
+        permutation: left/right partner of each point (e.g. SPair's ``left eye`` <-> ``right eye``), or ``None``.
+
+    Returns:
+        ``(N, 2)`` points in the mirrored image (``x -> width - 1 - x``).
+
+    Example:
+        >>> import torch
+        >>> flip_queries(torch.tensor([[0.0, 5.0], [9.0, 1.0]]), 10, [1, 0])
+        tensor([[0., 1.],
+                [9., 5.]])
+    """
+    if permutation is not None:
+        perm = torch.as_tensor(list(permutation), dtype=torch.long)
+        n = points.shape[0]
+        if perm.shape != (n,) or (n and (perm.min() < 0 or perm.max() >= n)):
+            raise InvalidInputError(f"flip_permutation must list {n} indices in [0, {n - 1}], got {perm.tolist()}")
+        points = points[perm]
     out = points.clone()
     out[:, 0] = (width - 1) - out[:, 0]
     return out
@@ -474,14 +496,7 @@ def match_points(
     queries = pts
     if use_flip:
         src = results[2]
-        if flip_permutation is not None:
-            perm = torch.as_tensor(list(flip_permutation), dtype=torch.long)
-            if perm.shape != (pts.shape[0],) or perm.min() < 0 or perm.max() >= pts.shape[0]:
-                raise InvalidInputError(
-                    f"flip_permutation must list {pts.shape[0]} indices in [0, {pts.shape[0] - 1}], got {perm.tolist()}"
-                )
-            queries = pts[perm]
-        queries = _flip_points(queries, a.shape[-1])
+        queries = flip_queries(pts, a.shape[-1], flip_permutation)
     m = match_features(
         Features(src[0][None], (src[1],)),
         Features(dst[0][None], (dst[1],)),

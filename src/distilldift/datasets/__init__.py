@@ -1,0 +1,31 @@
+"""Benchmark readers: SPair-71k, PF-WILLOW, CUB-200-2011 (see each module for its layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DatasetError, Pair, PairDataset
+from .cub import read_cub
+from .pfwillow import read_pf_willow
+from .spair import SPAIR_LEFT_RIGHT, read_spair
+
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "Pair",
+    "PairDataset",
+    "SPAIR_LEFT_RIGHT",
+    "read_cub",
+    "read_dataset",
+    "read_pf_willow",
+    "read_spair",
+]
+
+DATASETS = {"spair": read_spair, "pf-willow": read_pf_willow, "cub": read_cub}
+
+
+def read_dataset(name: str, root: str | Path, split: str = "test") -> PairDataset:
+    """Read benchmark ``name`` (``"spair"``, ``"pf-willow"``, ``"cub"``) from ``root``."""
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name](root, split)

@@ -1,0 +1,219 @@
+"""PCK evaluation over a benchmark (the paper's Table 1 protocol).
+
+A predicted point is correct when its distance to the true point is at most ``alpha * max(h, w)`` of the target
+image (``img``) or of the target box (``bbox``; PF-WILLOW: the target keypoints' box). Results are averaged per
+point (all points pooled), per pair (mean of each pair's PCK) and per category (each category's per-point PCK,
+then the mean over categories: SPair's Table 1), side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import PairDataset
+from .features import Features, _extract, _resolve
+from .images import load_image
+from .matching import flip_queries, global_similarity, match_features
+from .model import DistillDiftModel
+
+__all__ = ["EvalResult", "evaluate", "pck"]
+
+KINDS = ("img", "bbox")
+
+
+def pck(pred: np.ndarray, truth: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: is each ``(N, 2)`` prediction within ``threshold`` pixels (Euclidean) of the truth?
+
+    Example:
+        >>> import numpy as np
+        >>> pck(np.array([[0, 0], [3, 4], [10, 0]]), np.zeros((3, 2)), 5.0).tolist()
+        [True, True, False]
+    """
+    return np.linalg.norm(np.asarray(pred, float) - np.asarray(truth, float), axis=-1) <= threshold
+
+
+@dataclass
+class EvalResult:
+    """PCK of one evaluation run.
+
+    ``per_point[kind][alpha]``, ``per_pair[kind][alpha]``, ``per_category[kind][alpha]`` (mean over categories)
+    and ``categories[name][kind][alpha]`` (per-point PCK within the category), for ``kind`` in ``img``, ``bbox``.
+    """
+
+    dataset: str
+    protocol: str
+    alphas: tuple[float, ...]
+    settings: dict
+    n_pairs: int
+    n_points: int
+    per_point: dict = field(default_factory=dict)
+    per_pair: dict = field(default_factory=dict)
+    per_category: dict = field(default_factory=dict)
+    categories: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable results (alpha keys as strings)."""
+
+        def conv(d):
+            return {k: {str(a): v for a, v in inner.items()} for k, inner in d.items()}
+
+        return {
+            "dataset": self.dataset,
+            "protocol": self.protocol
+            + "; averages: per point (all points pooled), per pair (mean of pair PCKs), per category "
+            "(per-point PCK within each category, then the mean over categories)",
+            "settings": self.settings,
+            "n_pairs": self.n_pairs,
+            "n_points": self.n_points,
+            "per_point": conv(self.per_point),
+            "per_pair": conv(self.per_pair),
+            "per_category": conv(self.per_category),
+            "categories": {c: conv(v) for c, v in self.categories.items()},
+        }
+
+
+class _FeatureCache:
+    """Features of each image computed once (LRU of ``size`` images), with its mirrored copy when needed."""
+
+    def __init__(self, model: DistillDiftModel, size: int | None, resize: str | None, capacity: int):
+        self.model, self.size, self.resize, self.capacity = model, size, resize, capacity
+        self.store: OrderedDict[tuple[str, bool], Features] = OrderedDict()
+        self.computed = 0
+
+    def get(self, path: Path, flipped: bool = False) -> Features:
+        key = (str(path), flipped)
+        if key in self.store:
+            self.store.move_to_end(key)
+            return self.store[key]
+        img = load_image(path)
+        feats, geom = _extract(self.model, [img.flip(-1) if flipped else img], size=self.size, resize=self.resize,
+                               batch_size=1)[0]  # fmt: skip
+        f = Features(feats[None], (geom,))
+        self.computed += 1
+        self.store[key] = f
+        if len(self.store) > self.capacity:
+            self.store.popitem(last=False)
+        return f
+
+
+def evaluate(
+    dataset: PairDataset,
+    model: DistillDiftModel | None = None,
+    *,
+    alphas: Sequence[float] = (0.1, 0.05, 0.01),
+    method: str = "soft",
+    window: float = 1.0,
+    temperature: float = 0.02,
+    flip: bool | str = False,
+    size: int | None = None,
+    resize: str | None = None,
+    limit: int | None = None,
+    cache_images: int = 512,
+    reuse_features: bool = True,
+    progress: bool = True,
+) -> EvalResult:
+    """PCK@alpha of ``model`` on ``dataset`` (from :func:`distilldift.datasets.read_dataset`).
+
+    Args:
+        dataset: the pairs to evaluate.
+        model: from :func:`load_model`; default: the default variant.
+        alphas: PCK thresholds as fractions of the target image / box size.
+        method, window, temperature: matching, as in :func:`match_points` (``"nn"`` or ``"soft"``).
+        flip: ``False``; ``True`` (always match the mirrored source); ``"auto"`` (pose-align: mirror when that
+            explains the target better). Left/right keypoints swap where the dataset names them (SPair, CUB).
+        size, resize: model input size and resize mode (default: the variant's).
+        limit: evaluate only the first ``limit`` pairs.
+        cache_images: how many images' features to keep (each image's features are computed once while cached).
+        reuse_features: ``False`` recomputes features for every pair (for benchmarks).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`EvalResult`.
+    """
+    if flip not in (True, False, "auto"):
+        raise ValueError(f"flip must be True, False or 'auto', got {flip!r}")
+    model = _resolve(model)
+    pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
+    alphas = tuple(float(a) for a in alphas)
+    cache = _FeatureCache(model, size, resize, cache_images if reuse_features else 0)
+    hits: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}  # per pair: (n_points, n_alphas) bool
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"eval {dataset.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       transient=True)  # fmt: skip
+        task = bar.add_task("pairs", total=len(pairs))
+        bar.start()
+    try:
+        for pair in pairs:
+            src, dst = cache.get(pair.source), cache.get(pair.target)
+            queries = torch.from_numpy(pair.source_points).float()
+            if flip:
+                mirrored = cache.get(pair.source, flipped=True)
+                use = flip is True or global_similarity(mirrored.features[0], dst.features[0]) > global_similarity(
+                    src.features[0], dst.features[0]
+                )
+                if use:
+                    width = src.geometry[0].image_size[0]
+                    queries = flip_queries(queries, width, dataset.flip_permutation(pair))
+                    src = mirrored
+            m = match_features(src, dst, queries, method=method, window=window, temperature=temperature, mutual=False)
+            pred, truth = m.points.numpy(), pair.target_points
+            w, h = dst.geometry[0].image_size
+            x1, y1, x2, y2 = pair.target_bbox
+            for kind, side in (("img", max(w, h)), ("bbox", max(x2 - x1, y2 - y1))):
+                hits[kind].append(np.stack([pck(pred, truth, a * side) for a in alphas], axis=1))
+            if bar is not None:
+                bar.update(task, advance=1)
+    finally:
+        if bar is not None:
+            bar.stop()
+    cats = [p.category for p in pairs]
+    result = EvalResult(
+        dataset=dataset.name,
+        protocol=dataset.protocol,
+        alphas=alphas,
+        settings=dict(
+            model=model.variant.name,
+            method=method,
+            window=window,
+            temperature=temperature,
+            flip=flip,
+            size=size or model.variant.input_size,
+            resize=resize or model.variant.resize,
+            limit=limit,
+        ),  # fmt: skip
+        n_pairs=len(pairs),
+        n_points=int(sum(len(p.source_points) for p in pairs)),
+    )
+    for kind in KINDS:
+        per_pair = hits[kind]
+        pooled = np.concatenate(per_pair) if per_pair else np.zeros((0, len(alphas)), bool)
+        result.per_point[kind] = {a: float(pooled[:, i].mean()) for i, a in enumerate(alphas)}
+        result.per_pair[kind] = {a: float(np.mean([h[:, i].mean() for h in per_pair])) for i, a in enumerate(alphas)}
+        by_cat: dict[str, list[np.ndarray]] = {}
+        for c, h in zip(cats, per_pair, strict=True):
+            by_cat.setdefault(c, []).append(h)
+        for c, hs in sorted(by_cat.items()):
+            pooled_c = np.concatenate(hs)
+            result.categories.setdefault(c, {})[kind] = {a: float(pooled_c[:, i].mean()) for i, a in enumerate(alphas)}
+        result.per_category[kind] = {a: float(np.mean([result.categories[c][kind][a] for c in by_cat])) for a in alphas}
+    result.settings["features_computed"] = cache.computed
+    return result
+
+
+def save_result(result: EvalResult, path: str | os.PathLike) -> Path:
+    """Write :meth:`EvalResult.to_dict` as JSON."""
+    import json
+
+    path = Path(path)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path

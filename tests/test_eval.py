@@ -1,0 +1,211 @@
+"""Benchmark readers and PCK arithmetic on hand-made annotation sets in each dataset's real format."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PF_WILLOW, requires_shared
+from distilldift.datasets import DatasetError, PairDataset, read_cub, read_dataset, read_pf_willow, read_spair
+from distilldift.evaluation import evaluate
+from oracle import BASE, VIEWS, View, oracle_model, transfer
+
+
+def save_view(view: View, path: Path) -> None:
+    """An oracle view as the dataset's image file, plus a lossless float twin (.npy) that the evaluation reads:
+    8-bit pixels would quantise the colour ramps that encode position."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = view.image()
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path, format="PNG")
+    np.save(path.with_suffix(".npy"), rgb)
+
+
+@pytest.fixture(autouse=True)
+def _load_npy(monkeypatch):
+    """Let the evaluation read each dataset image from its lossless .npy twin (float ramps for the oracle)."""
+    import distilldift.evaluation as ev
+
+    real = ev.load_image
+
+    def load(path):
+        npy = Path(path).with_suffix(".npy")
+        return real(np.load(npy)) if npy.exists() else real(path)
+
+    monkeypatch.setattr(ev, "load_image", load)
+
+
+def _spair(root: Path, pairs: list[dict]) -> Path:
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    for i, p in enumerate(pairs):
+        (root / "PairAnnotation" / "test" / f"{i:06d}.json").write_text(json.dumps(p))
+    return root
+
+
+def _pair(cat, src, trg, src_kps, trg_kps, ids, box):
+    kps = dict(src_kps=np.asarray(src_kps).tolist(), trg_kps=np.asarray(trg_kps).tolist(), kps_ids=list(ids))
+    return dict(category=cat, src_imname=src, trg_imname=trg, trg_bndbox=list(box), src_bndbox=list(box), **kps)
+
+
+def test_pck_averages_are_exact(tmp_path):
+    """3 pairs, 2 categories; targets offset by 0 (correct) or 30 px (wrong at bbox threshold 10 px)."""
+    resized = VIEWS["resized"]
+    for name, view in (("a", BASE), ("b", resized)):
+        for cat in ("cat", "dog"):
+            save_view(view, tmp_path / "JPEGImages" / cat / f"{name}.jpg")
+    q = np.array([[60.0, 50.0], [120.0, 90.0], [180.0, 60.0], [100.0, 130.0]])
+    t = transfer(BASE, resized, q)
+    box = (0, 0, 100, 80)  # bbox threshold at alpha 0.1: 10 px; img threshold: 0.1 * 300 = 30 px
+    off = np.array([[0, 0], [0, 0], [0, 0], [25, 0]])  # wrong for bbox@0.1, right for img@0.1
+    far = np.array([[40, 0], [40, 0]])  # wrong for both
+    _spair(tmp_path, [
+        _pair("cat", "a.jpg", "b.jpg", q, t + off, [0, 1, 2, 3], box),
+        _pair("cat", "a.jpg", "b.jpg", q[:2], t[:2] + np.array([[0, 0], [40, 0]]), [0, 1], box),
+        _pair("dog", "a.jpg", "b.jpg", q[2:], t[2:] + far, [0, 1], box),
+    ])  # fmt: skip
+    data = read_spair(tmp_path)
+    assert len(data) == 3 and data.pairs[0].target_bbox == box
+    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    assert r.n_pairs == 3 and r.n_points == 8
+    bbox, img = r.per_point["bbox"], r.per_point["img"]
+    assert bbox[0.1] == pytest.approx(4 / 8)  # cat: 3 + 1 correct of 6; dog: 0 of 2
+    assert r.per_pair["bbox"][0.1] == pytest.approx((3 / 4 + 1 / 2 + 0) / 3)
+    assert r.categories["cat"]["bbox"][0.1] == pytest.approx(4 / 6) and r.categories["dog"]["bbox"][0.1] == 0
+    assert r.per_category["bbox"][0.1] == pytest.approx((4 / 6 + 0) / 2)
+    assert img[0.1] == pytest.approx(5 / 8)  # the 25 px offset is within 30 px; the 40 px ones are not
+    assert bbox[0.01] == pytest.approx(4 / 8)  # exact predictions stay correct at 1 px
+    assert r.settings["features_computed"] == 4  # a.jpg and b.jpg per category (paths differ), each once
+
+
+def test_pose_align_uses_the_left_right_permutation(tmp_path):
+    """A mirrored target: matching the mirrored source with swapped left/right ids gets every point."""
+    mirrored = VIEWS["flipped"]
+    save_view(BASE, tmp_path / "JPEGImages" / "cat" / "a.jpg")
+    save_view(mirrored, tmp_path / "JPEGImages" / "cat" / "m.jpg")
+    q = np.array([[60.0, 50.0], [180.0, 50.0], [120.0, 120.0]])  # ids 0, 1 (a left/right pair for cats), 8
+    # SPair semantics: in a mirrored image the "left eye" (id 0) is the source's right eye (id 1) seen in the mirror
+    truth = transfer(BASE, mirrored, q[[1, 0, 2]])
+    _spair(tmp_path, [_pair("cat", "a.jpg", "m.jpg", q, truth, [0, 1, 8], (0, 0, 100, 100))])
+    data = read_spair(tmp_path)
+    assert data.flip_permutation(data.pairs[0]) == [1, 0, 2]
+    model = oracle_model(orientation=1.0)
+    aligned = evaluate(data, model, method="nn", flip="auto", progress=False)
+    plain = evaluate(data, model, method="nn", flip=False, progress=False)
+    assert aligned.per_point["bbox"][0.05] == 1.0
+    assert plain.per_point["bbox"][0.05] == pytest.approx(1 / 3)  # only the unswapped id 8 is right
+
+
+def test_pf_willow_format(tmp_path):
+    for name, view in (("c1/x.png", BASE), ("c1/y.png", VIEWS["resized"])):
+        save_view(view, tmp_path / name)
+    q = np.array([[60.0 + 10 * i, 50.0 + 5 * i] for i in range(10)])
+    t = transfer(BASE, VIEWS["resized"], q)
+    t[0] += [12.0, 0.0]  # box of the target keypoints: ~110 x 56 px -> threshold 11 px at 0.1
+    header = ["imageA", "imageB"] + [f"{c}{i}" for c in ("XA", "YA", "XB", "YB") for i in range(1, 11)]
+    row = ["c1/x.png", "c1/y.png"] + [f"{v:.6f}" for v in (*q[:, 0] + 1, *q[:, 1] + 1, *t[:, 0] + 1, *t[:, 1] + 1)]
+    (tmp_path / "pairs.csv").write_text(",".join(header) + "\n" + ",".join(row) + "\n")
+    data = read_pf_willow(tmp_path)
+    assert np.allclose(data.pairs[0].source_points, q)  # 1-based MATLAB pixels -> pixel centres
+    x1, y1, x2, y2 = data.pairs[0].target_bbox
+    assert (x1, x2) == pytest.approx((t[:, 0].min(), t[:, 0].max()))
+    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    assert r.per_point["bbox"][0.1] == pytest.approx(9 / 10) and r.categories["c1"]["bbox"][0.1] == pytest.approx(0.9)
+
+
+def _cub(root: Path, n_images: int = 6) -> Path:
+    (root / "parts").mkdir(parents=True)
+    names = ["back", "beak", "left eye", "right eye", "tail"]
+    (root / "parts" / "parts.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    lines, locs, boxes, split = [], [], [], []
+    rng = np.random.default_rng(0)
+    for i in range(1, n_images + 1):
+        lines.append(f"{i} 001.Bird/img_{i}.jpg\n")
+        (root / "images" / "001.Bird").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "images" / "001.Bird" / f"img_{i}.jpg")
+        split.append(f"{i} {i % 2}\n")  # odd ids train, even ids test
+        boxes.append(f"{i} 5.0 6.0 30.0 20.0\n")
+        for p in range(1, 6):
+            vis = int(not (i == 2 and p == 5))  # image 2 hides its tail
+            locs.append(f"{i} {p} {rng.uniform(0, 49):.1f} {rng.uniform(0, 39):.1f} {vis}\n")
+    for name, content in (("images.txt", lines), ("train_test_split.txt", split), ("bounding_boxes.txt", boxes)):
+        (root / name).write_text("".join(content))
+    (root / "parts" / "part_locs.txt").write_text("".join(locs))
+    return root
+
+
+def test_cub_format(tmp_path):
+    root = _cub(tmp_path)
+    a, b = read_cub(root, n_pairs=20, seed=1), read_cub(root, n_pairs=20, seed=1)
+    assert [(p.source, p.target) for p in a.pairs] == [(p.source, p.target) for p in b.pairs]  # reproducible
+    assert {p.source.name for p in a.pairs} <= {"img_2.jpg", "img_4.jpg", "img_6.jpg"}  # test split only
+    for p in a.pairs:
+        assert p.source != p.target and p.target_bbox == (5.0, 6.0, 35.0, 26.0)
+        if "img_2" in (p.source.name + p.target.name):
+            assert 5 not in p.keypoint_ids and len(p.source_points) == 4  # mutually visible parts only
+    assert a.left_right == {"bird": [(3, 4)]}
+    p = next(p for p in a.pairs if 3 in p.keypoint_ids and 4 in p.keypoint_ids)
+    perm = a.flip_permutation(p)
+    assert [p.keypoint_ids[j] for j in perm] == [{3: 4, 4: 3}.get(k, k) for k in p.keypoint_ids]
+    assert [(q.source, q.target) for q in read_cub(root, n_pairs=20, seed=2).pairs] != [
+        (q.source, q.target) for q in a.pairs
+    ]
+
+
+def test_bad_roots(tmp_path):
+    with pytest.raises(DatasetError, match="SPair-71k: missing dataset root"):
+        read_spair(tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"SPair-71k: missing split folder .*PairAnnotation/test"):
+        read_spair(tmp_path)
+    _spair(tmp_path / "s", [])
+    (tmp_path / "s" / "JPEGImages").mkdir()
+    with pytest.raises(DatasetError, match="no pair annotations"):
+        read_spair(tmp_path / "s")
+    (tmp_path / "s" / "PairAnnotation" / "test" / "000.json").write_text("{broken")
+    with pytest.raises(DatasetError, match="corrupt annotation file .*000.json"):
+        read_spair(tmp_path / "s")
+    (tmp_path / "s" / "PairAnnotation" / "test" / "000.json").write_text('{"category": "cat"}')
+    with pytest.raises(DatasetError, match="lacks or mangles a field"):
+        read_spair(tmp_path / "s")
+    with pytest.raises(DatasetError, match="PF-WILLOW: missing pair list"):
+        read_pf_willow(tmp_path)
+    (tmp_path / "pairs.csv").write_text("imageA,imageB\nx.png,y.png\n")
+    with pytest.raises(DatasetError, match="lacks columns"):
+        read_pf_willow(tmp_path)
+    with pytest.raises(DatasetError, match="CUB-200-2011: missing file .*images.txt"):
+        read_cub(tmp_path)
+    with pytest.raises(DatasetError, match="unknown dataset 'coco'"):
+        read_dataset("coco", tmp_path)
+
+
+@requires_shared
+def test_real_pf_willow_pretrained_far_above_random(lite_model):
+    import torch
+
+    from distilldift import create_model
+
+    data = read_pf_willow(PF_WILLOW)
+    assert len(data) == 900 and len({p.category for p in data.pairs}) == 10
+    subset = PairDataset(data.name, data.root, data.pairs[::18], protocol=data.protocol)  # 50 pairs, 5 per class
+    pretrained = evaluate(subset, lite_model, progress=False).per_point["bbox"][0.1]
+    torch.manual_seed(0)
+    random_init = evaluate(subset, create_model("lite"), progress=False).per_point["bbox"][0.1]
+    assert pretrained > 0.45 and random_init < 0.35 and pretrained - random_init > 0.2  # full run: 0.535 vs 0.228
+
+
+@requires_shared
+def test_eval_cli(tmp_path):
+    exe = str(Path(sys.executable).parent / "distilldift")
+    cmd = [exe, "eval", "--dataset", "pf-willow", "--root", str(PF_WILLOW), "--model", "lite", "--limit", "20"]
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables at 80 columns without a terminal
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "r.json")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "car(G)" in r.stdout and "mean over categories" in r.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["n_pairs"] == 20 and 0 <= data["per_point"]["bbox"]["0.1"] <= 1 and "protocol" in data
+    r = subprocess.run([exe, "eval", "--dataset", "spair", "--root", str(tmp_path / "missing")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "SPair-71k: missing dataset root" in r.stderr
