@@ -209,3 +209,31 @@ def test_eval_cli(tmp_path):
     r = subprocess.run([exe, "eval", "--dataset", "spair", "--root", str(tmp_path / "missing")],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "SPair-71k: missing dataset root" in r.stderr
+
+
+def test_cub_pck_is_exact(tmp_path):
+    """Two test images (ids 2, 4): parts 1-4 correspond exactly, part 5 is 25 px off (threshold 10 px)."""
+    root = tmp_path / "CUB_200_2011"
+    (root / "parts").mkdir(parents=True)
+    (root / "parts" / "parts.txt").write_text("1 back\n2 beak\n3 left eye\n4 right eye\n5 tail\n")
+    q = np.array([[60.0, 50.0], [120.0, 90.0], [180.0, 60.0], [100.0, 130.0], [150.0, 110.0]])
+    t = transfer(BASE, VIEWS["resized"], q) + np.array([[0, 0]] * 4 + [[25, 0]])
+    views = {1: BASE, 2: BASE, 3: BASE, 4: VIEWS["resized"]}
+    locs = {1: q, 2: q, 3: q, 4: t}
+    for i, view in views.items():
+        save_view(view, root / "images" / "001.Bird" / f"b_{i}.jpg")
+    (root / "images.txt").write_text("".join(f"{i} 001.Bird/b_{i}.jpg\n" for i in views))
+    (root / "train_test_split.txt").write_text("".join(f"{i} {i % 2}\n" for i in views))  # test: ids 2 and 4
+    (root / "bounding_boxes.txt").write_text("".join(f"{i} 0 0 100 80\n" for i in views))
+    (root / "parts" / "part_locs.txt").write_text(
+        "".join(f"{i} {k + 1} {x} {y} 1\n" for i, pts in locs.items() for k, (x, y) in enumerate(pts))
+    )
+    data = read_cub(root, n_pairs=4, seed=0)
+    assert len(data) == 4 and {(p.source.name, p.target.name) for p in data.pairs} <= {
+        ("b_2.jpg", "b_4.jpg"),
+        ("b_4.jpg", "b_2.jpg"),
+    }
+    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    # 2 -> 4: part 5 predicted 25 px from its label; 4 -> 2: 25 / 1.25 = 20 px off; both > 10 px, < 30 px (img)
+    assert r.per_point["bbox"][0.1] == pytest.approx(4 / 5) and r.per_pair["bbox"][0.1] == pytest.approx(4 / 5)
+    assert r.categories == {"bird": r.categories["bird"]} and r.per_point["img"][0.1] == 1.0
