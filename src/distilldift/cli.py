@@ -321,6 +321,26 @@ def eval_(
         console.print(f"wrote {out}")
 
 
+@app.command()
+@_user_errors
+def train(
+    recipe: Annotated[str, typer.Option(help="Recipe name (coco, tiny) or a .json file.")],
+    data: Annotated[Path, typer.Option(help="Folder of training images (recursive).")],
+    out: Annotated[Path, typer.Option(help="Output folder: teacher cache, checkpoint, log, model/.")],
+    override: Annotated[
+        list[str] | None, typer.Option(help="Recipe key=value (JSON values), repeatable: --override steps=100.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+) -> None:
+    """Distil teachers into a student (multi-GPU / multi-node: launch with torchrun)."""
+    from .recipes.config import apply_overrides, load_recipe
+    from .recipes.trainer import train as run
+
+    config = apply_overrides(load_recipe(recipe), override or [])
+    folder = run(config, data, out, resume=resume, log=console.print)
+    console.print(f"wrote {folder}")
+
+
 class FormatChoice(str, Enum):
     adapter = "adapter"
     timm = "timm"

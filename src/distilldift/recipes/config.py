@@ -1,0 +1,100 @@
+"""Training recipes as small config records; named recipes ship as JSON in ``recipes/configs/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+
+__all__ = ["TrainConfig", "load_recipe", "list_recipes", "apply_overrides"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a distillation run needs. Paper values: lr 1e-4, weight decay 0.05, LoRA r=8, tau 0.01, k=10."""
+
+    student: str = "distilldift_us"  # variant name; trained from its pretrained base unless student_init="random"
+    student_init: str = "pretrained"  # "pretrained" | "random"
+    student_overrides: dict[str, Any] = field(default_factory=dict)  # timm kwargs (tiny students)
+    train: str = "lora"  # "lora" (the adapter only, q/v) | "full" (every weight)
+    lora_dropout: float = 0.05
+    teachers: list[str] = field(default_factory=lambda: ["dinov2_b14_reg"])  # variant names (ensembled)
+    image_size: int = 434  # student (and teacher-cache) input side, stretched square
+    copies: int = 1  # augmented copies of each training image (cached, so the teacher sees them too)
+    augment: bool = False
+    pairs: str = "retrieval"  # "retrieval" | "category"
+    k: int = 10
+    retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher
+    temperature: float = 0.01
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    lr_step: int = 1000  # StepLR: multiply the learning rate by lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    batch_size: int = 8  # image pairs per step, over all processes
+    steps: int = 1000
+    seed: int = 0
+    checkpoint_every: int = 200
+    cache_batch_size: int = 8
+    device: str = ""  # default: cuda if available, else cpu
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with distilldift."""
+    return sorted(
+        p.name[:-5] for p in resources.files(__package__).joinpath("configs").iterdir() if p.name.endswith(".json")
+    )
+
+
+def load_recipe(name_or_path: str) -> TrainConfig:
+    """A shipped recipe by name (``coco``, ``tiny``) or a JSON file; unknown keys are an error."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+    elif name_or_path in list_recipes():
+        data = json.loads(resources.files(__package__).joinpath("configs", f"{name_or_path}.json").read_text())
+    else:
+        raise InvalidInputError(f"unknown recipe {name_or_path!r}; shipped: {', '.join(list_recipes())}, or a .json")
+    return apply_overrides(TrainConfig(), data)
+
+
+def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> TrainConfig:
+    """Set fields from a dict or from ``["key=value", ...]`` (values parsed as JSON, else kept as strings).
+
+    Example:
+        >>> apply_overrides(TrainConfig(), ["steps=5", "teachers=[\\"lite\\"]"]).teachers
+        ['lite']
+    """
+    if isinstance(values, list):
+        parsed = {}
+        for item in values:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise InvalidInputError(f"override {item!r}: write key=value, e.g. steps=100")
+            try:
+                parsed[key.strip()] = json.loads(raw)
+            except json.JSONDecodeError:
+                parsed[key.strip()] = raw
+        values = parsed
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InvalidInputError(f"unknown recipe keys {unknown}; known: {', '.join(sorted(known))}")
+    out = dataclasses.replace(config)
+    for key, value in values.items():
+        default = getattr(TrainConfig(), key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise InvalidInputError(f"{key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise InvalidInputError(f"{key} must be a number, got {value!r}")
+            value = type(default)(value)
+        setattr(out, key, value)
+    return out

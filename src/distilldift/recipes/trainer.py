@@ -1,0 +1,197 @@
+"""``train``: multi-teacher distillation (the paper, section 3.2), on one process or many under ``torchrun``.
+
+Reads top to bottom: set up processes -> data -> student -> teacher cache (teachers run once) -> pairs ->
+optimiser -> resume -> loop (sample pairs, student features, loss vs cached teacher features, step, checkpoint)
+-> save a model folder that ``load_model`` reads. The pairs of step ``s`` are a pure function of
+``(seed, s)``, and checkpoints hold the trainable weights, optimiser, scheduler, step, RNG and config, so a run
+resumed from a checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import InvalidInputError
+from ..hub import create_model, load_model
+from ..images import preprocess
+from .cache import TeacherCache, build_teacher_cache
+from .config import TrainConfig
+from .data import TrainImages
+from .losses import distillation_loss
+from .pairs import PairSampler, global_embeddings, retrieval_neighbours
+from .teachers import EnsembleTeacher, ModelTeacher
+
+__all__ = ["train"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _teacher(name: str):
+    if name == "sdxl_turbo":
+        raise InvalidInputError(
+            "the SDXL-Turbo diffusion teacher is not available in this version yet; distil from timm teachers "
+            '(e.g. teachers=["dinov2_b14_reg"] or ["lite"]) meanwhile'
+        )
+    return ModelTeacher(load_model(name))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
+          log=print) -> Path:  # fmt: skip
+    """Distil the teachers of ``config`` into its student on the images below ``data``; write results to ``out``.
+
+    ``out`` receives ``teacher-cache/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``log.jsonl``
+    (one line per step) and ``model/`` (the trained model, for ``load_model``). With ``resume=True`` training
+    continues from ``checkpoint.pt``. Under ``torchrun`` every process takes its share of each step's pairs
+    and gradients are averaged (torch DDP), which equals one process taking them all.
+
+    Returns:
+        The ``model/`` folder.
+    """
+    # 1. processes and devices
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.batch_size % world:
+        raise InvalidInputError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+    torch.manual_seed(config.seed)
+
+    # 2. data and student
+    images = TrainImages(data, size=config.image_size, copies=config.copies, augment=config.augment,
+                         seed=config.seed)  # fmt: skip
+    student = create_model(config.student, pretrained=config.student_init == "pretrained", **config.student_overrides)
+    variant = student.variant
+    if config.train == "full" and variant.lora is not None:
+        student = create_model(variant.replace(lora=None), pretrained=False) if config.student_init == "random" \
+            else create_model(variant.replace(lora=None), pretrained=True)  # fmt: skip
+    elif config.train == "lora" and variant.lora is not None and config.lora_dropout:
+        for module in student.timm_model.modules():
+            if hasattr(module, "lora_dropout"):
+                module.lora_dropout["default"].p = config.lora_dropout
+    student.to(device).train()
+    if config.train == "full":
+        student.requires_grad_(True)
+    elif config.train == "lora":
+        if not student.has_adapter:
+            raise InvalidInputError(f"student {config.student!r} has no LoRA adapter; use train=full")
+        for name, p in student.named_parameters():
+            p.requires_grad_("lora_" in name)
+        student.enable_qv_only_training()
+    else:
+        raise InvalidInputError(f"train must be 'lora' or 'full', got {config.train!r}")
+    grid = student.geometry((config.image_size, config.image_size), config.image_size).grid_size
+
+    # 3. teacher cache: teachers run once (rank 0), training reads only the cache
+    cache_dir = out / "teacher-cache"
+    if rank == 0:
+        teacher = EnsembleTeacher([_teacher(t) for t in config.teachers]).to(device)
+        build_teacher_cache(teacher, images.ids(), cache_dir, grid=grid,
+                            image_size=(config.image_size, config.image_size), categories=None,
+                            batch_size=config.cache_batch_size, loader=images.load_id)  # fmt: skip
+        del teacher
+    if dist.is_initialized():
+        dist.barrier()
+    cache = TeacherCache(cache_dir)
+
+    # 4. pairs: among the original images (copies of one photo are never each other's partner)
+    if config.pairs == "retrieval":
+        pairs_file = out / "neighbours.json"
+        if rank == 0 and not pairs_file.exists():
+            embedder = load_model(config.retrieval_model or config.teachers[0])
+            base = [images._make(p, 0) for p in images.base]
+            nn = retrieval_neighbours(global_embeddings(embedder, base), k=config.k)
+            pairs_file.write_text(json.dumps(nn.tolist()))
+        if dist.is_initialized():
+            dist.barrier()
+        sampler = PairSampler("retrieval", neighbours=torch.tensor(json.loads(pairs_file.read_text())))
+    else:
+        sampler = PairSampler("category", categories=images.categories)
+
+    # 5. optimiser, schedule, resume
+    trainable = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_gamma)
+    start = 0
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise InvalidInputError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt["config"] != config.to_dict():
+            changed = sorted(k for k, v in config.to_dict().items() if ckpt["config"].get(k) != v)
+            raise InvalidInputError(f"--resume: the checkpoint was written with other settings: {changed}")
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(ckpt["trainable"][n])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        log(f"resumed from step {start}")
+    model = torch.nn.parallel.DistributedDataParallel(student) if dist.is_initialized() else student
+
+    # 6. the loop
+    v = student.variant
+    per_rank = config.batch_size // world
+    log_file = open(out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115 - closed below
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        rng = np.random.default_rng([config.seed, step])
+        first = rng.integers(0, len(images), size=config.batch_size)
+        second = [
+            sampler.partner(int(e) // images.copies, rng) * images.copies + int(rng.integers(images.copies))
+            for e in first
+        ]
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        a, b = [int(e) for e in first[mine]], second[mine]
+        x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
+        t = torch.stack([cache[e] for e in a + b]).to(device)
+        s = model(x.to(device))
+        loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log_file is not None:
+            log_file.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]}) + "\n")
+            log_file.flush()
+            if (step + 1) % max(1, config.steps // 10) == 0:
+                log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s")
+        if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            _save_checkpoint(ckpt_path, {
+                "step": step + 1, "config": config.to_dict(), "rng": torch.get_rng_state(),
+                "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            })  # fmt: skip
+    if log_file is not None:
+        log_file.close()
+
+    # 7. the result: a model folder
+    folder = out / "model"
+    if rank == 0:
+        student.eval().requires_grad_(False)
+        student.save_pretrained(folder, save_base=config.student_init == "random" or config.train == "full")
+    if dist.is_initialized():
+        dist.barrier()
+    return folder

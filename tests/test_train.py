@@ -1,0 +1,101 @@
+"""Distillation training: recipes, resume after a kill, torchrun (2 processes) == 1 process, learning is real."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from distilldift import InvalidInputError
+from distilldift.recipes import trainer as trainer_module
+from distilldift.recipes.config import apply_overrides, list_recipes, load_recipe
+
+MICRO = [
+    'student_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 112}',
+    "image_size=112",
+    "copies=2",
+    "k=2",
+    "batch_size=4",
+    "steps=6",
+    "checkpoint_every=3",
+    "cache_batch_size=4",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-images")
+    skimage_data = pytest.importorskip("skimage.data")
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "horse", "camera"):
+        arr = getattr(skimage_data, name)()
+        arr = (arr.astype(float) / arr.max() * 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
+        Image.fromarray(arr).save(root / f"{name}.png")
+    return root
+
+
+def test_recipes():
+    assert {"coco", "tiny"} <= set(list_recipes())
+    coco = load_recipe("coco")
+    assert coco.teachers == ["dinov2_b14_reg", "sdxl_turbo"] and coco.lr == 1e-4 and coco.temperature == 0.01
+    assert coco.weight_decay == 0.05 and coco.train == "lora" and coco.k == 10
+    tiny = apply_overrides(load_recipe("tiny"), ["steps=7", 'teachers=["lite"]', "augment=false"])
+    assert tiny.steps == 7 and tiny.teachers == ["lite"] and tiny.augment is False
+    with pytest.raises(InvalidInputError, match=r"unknown recipe keys \['stepz'\]"):
+        apply_overrides(tiny, ["stepz=7"])
+    with pytest.raises(InvalidInputError, match="steps must be a number"):
+        apply_overrides(tiny, ["steps=many"])
+    with pytest.raises(InvalidInputError, match="write key=value"):
+        apply_overrides(tiny, ["steps"])
+    with pytest.raises(InvalidInputError, match="unknown recipe 'imagenet'"):
+        load_recipe("imagenet")
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch):
+    config = apply_overrides(load_recipe("tiny"), MICRO)
+    straight = trainer_module.train(config, data, tmp_path / "a", log=lambda *_: None)
+    real_loss, calls = trainer_module.distillation_loss, {"n": 0}
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the step-3 checkpoint, during step 5
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "distillation_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        trainer_module.train(config, data, tmp_path / "b", log=lambda *_: None)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(trainer_module, "distillation_loss", real_loss)
+    resumed = trainer_module.train(config, data, tmp_path / "b", resume=True, log=lambda *_: None)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 was logged, then lost with the kill, and done again
+    changed = apply_overrides(config, ["lr=0.5"])
+    with pytest.raises(InvalidInputError, match=r"other settings: \['lr'\]"):
+        trainer_module.train(changed, data, tmp_path / "b", resume=True, log=lambda *_: None)
+
+
+def test_torchrun_two_processes_equal_one(data, tmp_path):
+    config = apply_overrides(load_recipe("tiny"), MICRO)
+    single = trainer_module.train(config, data, tmp_path / "one", log=lambda *_: None)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "distilldift", "train",
+           "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "two")]  # fmt: skip
+    for item in MICRO:
+        cmd += ["--override", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    a, b = _weights(single), _weights(tmp_path / "two" / "model")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
