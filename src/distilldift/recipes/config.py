@@ -28,6 +28,7 @@ class TrainConfig:
     copies: int = 1  # augmented copies of each training image (cached, so the teacher sees them too)
     augment: bool = False
     pairs: str = "retrieval"  # "retrieval" | "category"
+    self_pairs: float = 0.0  # probability of pairing an image with another augmented copy of itself
     k: int = 10
     retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher
     temperature: float = 0.01

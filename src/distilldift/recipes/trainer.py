@@ -159,10 +159,12 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])
         first = rng.integers(0, len(images), size=config.batch_size)
-        second = [
-            sampler.partner(int(e) // images.copies, rng) * images.copies + int(rng.integers(images.copies))
-            for e in first
-        ]
+        second = []
+        for e in first:
+            base = int(e) // images.copies
+            if rng.random() >= config.self_pairs:
+                base = sampler.partner(base, rng)
+            second.append(base * images.copies + int(rng.integers(images.copies)))
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         a, b = [int(e) for e in first[mine]], second[mine]
         x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
