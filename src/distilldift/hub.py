@@ -385,13 +385,20 @@ def _model_card(variant: Variant) -> str:
         "",
         f"Backbone: timm `{variant.arch}`; features from layers {list(variant.layers)}; input {variant.input_size} px "
         f"({variant.resize}).",
+    ]
+    return "\n".join(lines + _card_footer(variant)) + "\n"
+
+
+def _card_footer(variant: Variant) -> list[str]:
+    """Citation and licence lines shared by both model cards."""
+    lines = [
         "",
         "Method: *Distillation of Diffusion Features for Semantic Correspondence* (Fundel, Schusterbauer, Hu, Ommer, "
         "WACV 2025), https://compvis.github.io/distilldift",
     ]
     if variant.license:
         lines += ["", f"Licence note: {variant.license}"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_base: bool | None = None) -> Path:
@@ -469,13 +476,8 @@ def _timm_model_card(variant: Variant, repo_hint: str) -> str:
         "",
         f"Input: {variant.input_size} px ({variant.resize}), mean {list(variant.mean)}, std {list(variant.std)}.",
         "With distilldift installed, `distilldift.load_model` + `match_points` do matching and tracking.",
-        "",
-        "Method: *Distillation of Diffusion Features for Semantic Correspondence* (Fundel, Schusterbauer, Hu, Ommer, "
-        "WACV 2025), https://compvis.github.io/distilldift",
     ]
-    if variant.license:
-        lines += ["", f"Licence note: {variant.license}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _card_footer(variant)) + "\n"
 
 
 def export_timm(model: DistillDiftModel, folder: str | os.PathLike, *, repo_hint: str = "REPO_ID") -> Path:
