@@ -7,6 +7,7 @@ paper's DINOv2 + SDXL-Turbo, 768 + 1280 channels).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from ..images import preprocess
 from ..model import DistillDiftModel
 
-__all__ = ["Teacher", "ModelTeacher", "EnsembleTeacher", "to_grid"]
+__all__ = ["Teacher", "ModelTeacher", "EnsembleTeacher", "DiffusionTeacher", "to_grid"]
 
 
 def to_grid(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -73,3 +74,83 @@ class EnsembleTeacher(Teacher):
 
     def forward(self, images: torch.Tensor, grid: tuple[int, int], categories: Sequence[str] | None = None):
         return torch.cat([t(images, grid, categories) for t in self.teachers], dim=1)
+
+
+class _Stop(Exception):
+    """Raised by the feature hook: the rest of the UNet is not needed."""
+
+
+class DiffusionTeacher(Teacher):
+    """SDXL(-Turbo) features through diffusers: the paper's second teacher.
+
+    Per image: resize to ``size`` (980), encode with the VAE (latent mean x scaling factor), add DDIM noise at each
+    of ``timesteps`` ({51, 101, 151, 201}; fixed seed), run the UNet with the prompt "a photo of a {category}" and
+    take the output of the first ResNet + Transformer pair of ``up_blocks[0]`` (1280 channels, 31 x 31 for
+    SDXL at 980 px) through a forward hook that stops the UNet there; the maps are averaged over the timesteps,
+    resampled to the student grid and L2-normalised.
+
+    Args:
+        pipe: a ``diffusers.StableDiffusionXLPipeline`` (``from_pretrained`` loads SDXL-Turbo).
+    """
+
+    def __init__(self, pipe, *, size: int = 980, timesteps: Sequence[int] = (51, 101, 151, 201),
+                 prompt: str = "a photo of a {category}", default_category: str = "object", seed: int = 0):  # fmt: skip
+        super().__init__()
+        from diffusers import DDIMScheduler
+
+        self.pipe = pipe
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # add_noise as in DDIM training
+        self.size, self.timesteps, self.prompt = size, tuple(int(t) for t in timesteps), prompt
+        self.default_category, self.seed = default_category, seed
+        self.block = pipe.unet.up_blocks[0].attentions[0]
+        self.channels = int(pipe.unet.config.block_out_channels[-1])
+        self.name = f"{type(pipe.unet).__name__}@{size}:t{'-'.join(map(str, self.timesteps))}"
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            m.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, repo: str = "stabilityai/sdxl-turbo", *, device=None, dtype=None, **kwargs):
+        """Load the pipeline from the Hugging Face Hub (``pip install 'distilldift[train]'``)."""
+        try:
+            from diffusers import StableDiffusionXLPipeline
+        except ImportError:
+            raise ImportError("the diffusion teacher needs diffusers: pip install 'distilldift[train]'") from None
+        pipe = StableDiffusionXLPipeline.from_pretrained(repo, torch_dtype=dtype)
+        return cls(pipe.to(device) if device is not None else pipe, **kwargs)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, grid: tuple[int, int], categories: Sequence[str] | None = None):
+        pipe, unet = self.pipe, self.pipe.unet
+        device, dtype = unet.device, unet.dtype
+        b = images.shape[0]
+        x = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
+        x = (x * 2 - 1).to(device, pipe.vae.dtype)
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        names = list(categories) if categories is not None else [None] * b
+        prompts = [self.prompt.format(category=c or self.default_category) for c in names]
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)  # fmt: skip
+        # SDXL micro-conditioning: (original size, crop top-left, target size)
+        time_ids = torch.tensor([[self.size, self.size, 0, 0, self.size, self.size]], device=device, dtype=dtype)
+        cond = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.repeat(b, 1)}
+        captured: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output[0] if isinstance(output, tuple) else output.sample)
+            raise _Stop
+
+        handle = self.block.register_forward_hook(hook)
+        total = None
+        try:
+            for t in self.timesteps:
+                g = torch.Generator(device="cpu").manual_seed(self.seed + t)
+                noise = torch.randn(latents.shape, generator=g, dtype=torch.float32).to(device, latents.dtype)
+                step = torch.tensor([t], device=device)
+                noisy = self.scheduler.add_noise(latents, noise, step).to(dtype)
+                with contextlib.suppress(_Stop):
+                    unet(noisy, step, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=cond)
+                f = captured.pop().float()
+                total = f if total is None else total + f
+        finally:
+            handle.remove()
+        return to_grid(total / len(self.timesteps), grid)

@@ -105,9 +105,10 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     # 3. teacher cache: teachers run once (rank 0), training reads only the cache
     cache_dir = out / "teacher-cache"
     if rank == 0:
-        teacher = EnsembleTeacher([_teacher(t) for t in config.teachers]).to(device)
+        teacher = EnsembleTeacher([_teacher(t, device) for t in config.teachers]).to(device)
+        categories = [images.categories[e // images.copies] for e in range(len(images))]
         build_teacher_cache(teacher, images.ids(), cache_dir, grid=grid,
-                            image_size=(config.image_size, config.image_size), categories=None,
+                            image_size=(config.image_size, config.image_size), categories=categories,
                             batch_size=config.cache_batch_size, loader=images.load_id)  # fmt: skip
         del teacher
     if dist.is_initialized():
