@@ -170,8 +170,9 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         a, b = [int(e) for e in first[mine]], second[mine]
         x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
         t = torch.stack([cache[e] for e in a + b]).to(device)
-        s = model(x.to(device))
-        loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
+            s = model(x.to(device))
+            loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
