@@ -98,4 +98,8 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     a, b = _weights(single), _weights(tmp_path / "two" / "model")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Gradients differ only by float summation order; AdamW divides each by its running RMS, so weights with
+    # near-zero gradients can move by up to ~lr per step (6 steps x 1e-3) on such noise: bound the worst case
+    # well below that, and the typical difference at float precision.
+    assert diff.mean() < 1e-6 and diff.max() < 1e-3, (diff.mean().item(), diff.max().item())

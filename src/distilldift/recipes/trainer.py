@@ -27,19 +27,17 @@ from .config import TrainConfig
 from .data import TrainImages
 from .losses import distillation_loss
 from .pairs import PairSampler, global_embeddings, retrieval_neighbours
-from .teachers import EnsembleTeacher, ModelTeacher
+from .teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher
 
 __all__ = ["train"]
 
 CHECKPOINT = "checkpoint.pt"
 
 
-def _teacher(name: str):
-    if name == "sdxl_turbo":
-        raise InvalidInputError(
-            "the SDXL-Turbo diffusion teacher is not available in this version yet; distil from timm teachers "
-            '(e.g. teachers=["dinov2_b14_reg"] or ["lite"]) meanwhile'
-        )
+def _teacher(name: str, device: torch.device):
+    if name == "sdxl_turbo":  # the paper's diffusion teacher (diffusers; downloads SDXL-Turbo)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        return DiffusionTeacher.from_pretrained("stabilityai/sdxl-turbo", device=device, dtype=dtype)
     return ModelTeacher(load_model(name))
 
 
