@@ -90,3 +90,8 @@ def test_retrieval_pairs(lite_model, cat_image):
     assert PairSampler("given", pairs=[(0, 2), (1, 0)]).partner(1, rng) == 0
     with pytest.raises(ValueError, match="neighbours table"):
         PairSampler("retrieval")
+
+
+def test_global_embeddings_take_mixed_aspect_ratios(lite_model):
+    emb = global_embeddings(lite_model, [torch.rand(3, 60, 200), torch.rand(3, 200, 60), torch.rand(3, 90, 90)])
+    assert emb.shape == (3, 1280) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)

@@ -103,3 +103,14 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
     # near-zero gradients can move by up to ~lr per step (6 steps x 1e-3) on such noise: bound the worst case
     # well below that, and the typical difference at float precision.
     assert diff.mean() < 1e-6 and diff.max() < 1e-3, (diff.mean().item(), diff.max().item())
+
+
+def test_lora_student_starts_from_a_fresh_adapter(data, tmp_path):
+    """train=lora: the paper's setup (a new q/v adapter, its dropout from the recipe), never a published one."""
+    config = apply_overrides(load_recipe("tiny"), MICRO + ['student="distilldift_us"', "train=\"lora\"",
+                                                           "lora_dropout=0.05", "steps=2"])  # fmt: skip
+    folder = trainer_module.train(config, data, tmp_path / "run", log=lambda *_: None)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["r"] == 16 and adapter["lora_dropout"] == 0.05
+    b = load_file(str(folder / "adapter_model.safetensors"))["base_model.model.blocks.0.attn.qkv.lora_B.weight"]
+    assert b.abs().max() > 0 and b[32:64].abs().max() == 0  # trained, and still q/v-only (k rows untouched)

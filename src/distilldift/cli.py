@@ -97,6 +97,17 @@ def _read_points_file(path: Path) -> list[list[float]]:
     return data
 
 
+def _collect_points(values, points_file, grid: int, first_image) -> list[list[float]]:
+    """Points from --points and --points-file; with none, a grid x grid spread over ``first_image()`` (3, H, W)."""
+    pts = _parse_points(values or [])
+    if points_file is not None:
+        pts += _read_points_file(points_file)
+    if not pts:
+        img = first_image()
+        pts = _grid_points(img.shape[-1], img.shape[-2], max(1, grid))
+    return pts
+
+
 def _grid_points(width: int, height: int, n: int) -> list[list[float]]:
     """An ``n x n`` spread of points over the image, inset by half a step."""
     xs = [(i + 0.5) * width / n - 0.5 for i in range(n)]
@@ -146,11 +157,7 @@ def match(
     from .viz import draw_matches
 
     a, b = load_image(image1), load_image(image2)
-    pts = _parse_points(points or [])
-    if points_file is not None:
-        pts += _read_points_file(points_file)
-    if not pts:
-        pts = _grid_points(a.shape[-1], a.shape[-2], max(1, grid))
+    pts = _collect_points(points, points_file, grid, lambda: a)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     m = match_points(
@@ -240,12 +247,7 @@ def track(
     from .video import iter_frames, track_video
     from .viz import render_tracks
 
-    pts = _parse_points(points or [])
-    if points_file is not None:
-        pts += _read_points_file(points_file)
-    if not pts:
-        first = next(iter_frames(video))
-        pts = _grid_points(first.shape[-1], first.shape[-2], max(1, grid))
+    pts = _collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
     net = _load(model, device)
     start = time.perf_counter()
     tracks = track_video(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .datasets import PairDataset
+from .errors import InvalidInputError
 from .features import Features, _extract, _resolve
 from .images import load_image
 from .matching import flip_queries, global_similarity, match_features
@@ -138,7 +139,7 @@ def evaluate(
         :class:`EvalResult`.
     """
     if flip not in (True, False, "auto"):
-        raise ValueError(f"flip must be True, False or 'auto', got {flip!r}")
+        raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     model = _resolve(model)
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     alphas = tuple(float(a) for a in alphas)

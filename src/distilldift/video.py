@@ -163,13 +163,7 @@ class _Source:
         elif self.kind == "folder":
             for f in self.files:
                 yield load_image(f)
-        elif self.kind == "array":
-            for frame in self.video:
-                if isinstance(frame, np.ndarray) and frame.shape[-1] in (1, 3, 4) and frame.shape[0] not in (1, 3, 4):
-                    yield load_image(frame)  # (H, W, C)
-                else:
-                    yield load_image(frame)
-        else:
+        else:  # arrays (T, ...) and lists: load_image takes (H, W, C) arrays and (C, H, W) tensors alike
             for frame in self.video:
                 yield load_image(frame)
 
@@ -187,14 +181,14 @@ def iter_frames(video: VideoInput) -> Iterator[torch.Tensor]:
 
 
 def _batches(source: _Source, model: DistillDiftModel, geom: GridGeometry, batch_size: int, prefetch: bool):
-    """Yield ``(inputs (B, 3, h, w), first_index)``; decoding + resizing overlap the model if ``prefetch``.
+    """Yield ``(B, 3, h, w)`` model inputs; decoding + resizing overlap the model if ``prefetch``.
 
     Frames come at their original size (resized here) or already at the model input size (scaled by the decoder).
     """
     mean, std = model.variant.mean, model.variant.std
 
-    def produce() -> Iterator[tuple[torch.Tensor, int]]:
-        batch, start = [], 0
+    def produce() -> Iterator[torch.Tensor]:
+        batch = []
         for i, frame in enumerate(source):
             size = (int(frame.shape[-1]), int(frame.shape[-2]))
             if size != (geom.input_size if source.scale_to else geom.image_size):
@@ -202,10 +196,10 @@ def _batches(source: _Source, model: DistillDiftModel, geom: GridGeometry, batch
                 raise VideoError(f"frame {i} is {w1}x{h1}, the query frame is {w0}x{h0}: all frames must have one size")
             batch.append(preprocess(frame, geom.input_size, mean, std))
             if len(batch) == batch_size:
-                yield torch.stack(batch), start
-                batch, start = [], i + 1
+                yield torch.stack(batch)
+                batch = []
         if batch:
-            yield torch.stack(batch), start
+            yield torch.stack(batch)
 
     if not prefetch:
         yield from produce()
@@ -360,7 +354,7 @@ def track_video(
     prev, prev_ok = pts.to(fq.device), torch.ones(pts.shape[0], dtype=torch.bool, device=fq.device)
     bar = _progress(progress, source.length)
     try:
-        for inputs, _start in _batches(source, model, geom, batch_size, prefetch):
+        for inputs in _batches(source, model, geom, batch_size, prefetch):
             feats = model(inputs.to(p.device, p.dtype)).float()
             for f in feats:
                 if pts.shape[0] == 0:

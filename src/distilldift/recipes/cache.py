@@ -12,6 +12,7 @@ atomically). An interrupted build leaves only finished shards; running it again 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import tempfile
@@ -138,7 +139,9 @@ class TeacherCache:
                 f"teacher cache {str(self.folder)!r} is incomplete ({covered}/{len(self.images)} images): "
                 "run the cache build again to finish it"
             )
-        self._starts = sorted((s["start"], s["count"], s["file"]) for s in self.index["shards"])
+        self._shards = sorted((s["start"], s["count"], s["file"]) for s in self.index["shards"])
+        self._starts = [start for start, _, _ in self._shards]
+        self._open: dict[str, object] = {}  # memory-mapped shard handles, opened on first use
 
     def __len__(self) -> int:
         return len(self.images)
@@ -146,8 +149,7 @@ class TeacherCache:
     def __getitem__(self, i: int) -> torch.Tensor:
         if not 0 <= i < len(self.images):
             raise IndexError(f"image index {i} out of range for a cache of {len(self.images)}")
-        for start, count, file in self._starts:
-            if start <= i < start + count:
-                with safe_open(str(self.folder / file), "pt") as f:
-                    return f.get_slice("features")[i - start : i - start + 1][0].float()
-        raise IndexError(i)
+        start, _, file = self._shards[bisect.bisect_right(self._starts, i) - 1]
+        if file not in self._open:
+            self._open[file] = safe_open(str(self.folder / file), "pt")
+        return self._open[file].get_slice("features")[i - start : i - start + 1][0].float()

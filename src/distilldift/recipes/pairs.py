@@ -16,14 +16,16 @@ __all__ = ["global_embeddings", "retrieval_neighbours", "PairSampler"]
 
 @torch.no_grad()
 def global_embeddings(model: DistillDiftModel, images: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
-    """``(N, D)`` unit global embeddings: the pooled pre-logits of the timm backbone (DINOv2: the CLS token)."""
+    """``(N, D)`` unit global embeddings: the pooled pre-logits of the timm backbone (DINOv2: the CLS token).
+
+    ``images``: ``(3, H, W)`` tensors in [0, 1] of any sizes, each stretched to the variant's square input.
+    """
     net, v = model.timm_model, model.variant
     p = next(model.parameters())
+    size = model.geometry((v.input_size, v.input_size), resize="stretch").input_size
     out = []
     for s in range(0, len(images), batch_size):
         chunk = images[s : s + batch_size]
-        geoms = [model.geometry((im.shape[-1], im.shape[-2])) for im in chunk]
-        size = geoms[0].input_size
         x = torch.stack([preprocess(im, size, v.mean, v.std) for im in chunk]).to(p.device, p.dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu())

@@ -9,6 +9,7 @@ resumed from a checkpoint ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -20,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InvalidInputError
-from ..hub import create_model, load_model
+from ..hub import _build, load_model
 from ..images import preprocess
+from ..variants import get_variant
 from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
 from .data import TrainImages
@@ -78,15 +80,18 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     # 2. data and student
     images = TrainImages(data, size=config.image_size, copies=config.copies, augment=config.augment,
                          seed=config.seed)  # fmt: skip
-    student = create_model(config.student, pretrained=config.student_init == "pretrained", **config.student_overrides)
-    variant = student.variant
-    if config.train == "full" and variant.lora is not None:
-        student = create_model(variant.replace(lora=None), pretrained=False) if config.student_init == "random" \
-            else create_model(variant.replace(lora=None), pretrained=True)  # fmt: skip
-    elif config.train == "lora" and variant.lora is not None and config.lora_dropout:
-        for module in student.timm_model.modules():
-            if hasattr(module, "lora_dropout"):
-                module.lora_dropout["default"].p = config.lora_dropout
+    # the base weights (or random init) with a fresh adapter: never a published, already distilled one
+    variant = get_variant(config.student)
+    variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **config.student_overrides}, adapter=None)
+    if config.train == "full":
+        variant = variant.replace(lora=None)
+    elif variant.lora is not None:
+        variant = variant.replace(lora=dataclasses.replace(variant.lora, dropout=config.lora_dropout))
+    if config.student_init == "random":
+        variant = variant.replace(weights=None)
+    elif config.student_init != "pretrained":
+        raise InvalidInputError(f"student_init must be 'pretrained' or 'random', got {config.student_init!r}")
+    student = _build(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
     student.to(device).train()
     if config.train == "full":
         student.requires_grad_(True)
