@@ -1,6 +1,7 @@
 """track_video throughput and memory.
 
-1. Frames per second of ``track_video`` (batched, decoding overlapped with the model, coarse-to-fine matching)
+1. Frames per second of ``track_video`` (batched, decoding overlapped with the model, two forward passes at once
+   on CPU, coarse-to-fine matching)
    vs calling ``extract_features`` frame by frame in a Python loop over the same decoded video, same process,
    interleaved rounds, medians. Target: ratio >= 1.5 on CPU.
 2. Peak memory: tracking a video vs the same video 10x longer (both written with PyAV), each in a fresh child
@@ -71,9 +72,9 @@ def child(video: str, model_name: str) -> None:
     from distilldift import load_model, track_video
 
     model = load_model(model_name)
-    track_video(video, POINTS[:2], model=model, progress=False, batch_size=8)  # warm-up on the same video kind
+    track_video(video, POINTS[:2], model=model, progress=False)  # warm-up on the same video kind
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = track_video(video, [[300, 150], [200, 100]], model=model, progress=False, batch_size=8)
+    t = track_video(video, [[300, 150], [200, 100]], model=model, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"frames": len(t), "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024}))
 
@@ -82,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--video", default=str(DEFAULT_VIDEO))
     ap.add_argument("--model", default="lite")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: track_video's")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", nargs=2, metavar=("VIDEO", "MODEL"))
     a = ap.parse_args()
@@ -98,7 +99,8 @@ def main() -> None:
         ours.append(fps_track(a.video, model, a.batch_size))
     m_ours, m_loop = statistics.median(ours), statistics.median(loop)
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"video {Path(a.video).name}, model {a.model}, {len(POINTS)} points, batch {a.batch_size}, {a.rounds} rounds")
+    print(f"video {Path(a.video).name}, model {a.model}, {len(POINTS)} points, batch {a.batch_size or 'default'}, "
+          f"{a.rounds} rounds")  # fmt: skip
     print(f"  extract_features loop : {m_loop:6.2f} frames/s (features only)")
     print(f"  track_video           : {m_ours:6.2f} frames/s (features + matching + visibility)")
     print(f"ratio = track_video / loop = {m_ours / m_loop:.2f}  (target >= 1.5)")

@@ -114,3 +114,31 @@ def test_lora_student_starts_from_a_fresh_adapter(data, tmp_path):
     assert adapter["r"] == 16 and adapter["lora_dropout"] == 0.05
     b = load_file(str(folder / "adapter_model.safetensors"))["base_model.model.blocks.0.attn.qkv.lora_B.weight"]
     assert b.abs().max() > 0 and b[32:64].abs().max() == 0  # trained, and still q/v-only (k rows untouched)
+
+
+def test_given_pairs(data, tmp_path):
+    """pairs="given" draws only the pairs of the pairs file (either order); a bad file fails before any work."""
+    from distilldift.recipes.pairs import PairSampler, read_pairs_file
+    from distilldift.recipes.trainer import draw_pairs
+
+    images = sorted(data.glob("*.png"))  # astronaut, camera, chelsea, coffee, horse, rocket
+    (tmp_path / "pairs.json").write_text(json.dumps([["chelsea.png", "horse.png"], ["coffee.png", "chelsea.png"]]))
+    pairs = read_pairs_file(tmp_path / "pairs.json", images, data)
+    assert pairs == [(2, 4), (3, 2)]
+    sampler = PairSampler("given", pairs=pairs)
+    config = apply_overrides(load_recipe("tiny"), ["batch_size=64"])
+    seen = set()
+    for step in range(5):
+        first, second = draw_pairs(sampler, len(images), 3, config, step)
+        seen |= {(a // 3, b // 3) for a, b in zip(first, second, strict=True)}
+    assert seen == {(2, 4), (4, 2), (3, 2), (2, 3)}
+    (tmp_path / "bad.json").write_text(json.dumps([["chelsea.png", "dog.png"]]))
+    with pytest.raises(InvalidInputError, match="'dog.png' is not an image below"):
+        read_pairs_file(tmp_path / "bad.json", images, data)
+    overrides = [*MICRO, 'teachers=["lite"]', "pairs=given", f"pairs_file={tmp_path / 'missing.json'}"]
+    with pytest.raises(InvalidInputError, match="needs a pairs file"):
+        trainer_module.train(apply_overrides(load_recipe("tiny"), overrides), data, tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher-cache").exists()
+    cfg = apply_overrides(load_recipe("tiny"), [*MICRO, 'teachers=["lite"]', "pairs=given", "steps=2",
+                                                f"pairs_file={tmp_path / 'pairs.json'}"])  # fmt: skip
+    assert (trainer_module.train(cfg, data, tmp_path / "run", log=lambda *_: None) / "model.safetensors").exists()

@@ -233,7 +233,9 @@ def track(
     grid: Annotated[int, typer.Option(help="With no points: an N x N spread of points over the query frame.")] = 3,
     query_frame: Annotated[int, typer.Option(help="Index of the frame the points are on.")] = 0,
     model: ModelOpt = "distilldift_us",
-    batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Frames per forward pass [default: 4 on CPU, 8 on GPU].", show_default=False)
+    ] = None,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
     method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,

@@ -130,23 +130,30 @@ class _Upsampler:
     here, at grid size); it is evaluated lazily, for the whole image or just the windows asked for.
     """
 
-    def __init__(self, features: torch.Tensor, image_size: tuple[int, int]):
+    def __init__(self, features: torch.Tensor, image_size: tuple[int, int], axes: tuple | None = None):
+        """``axes``: ``_Upsampler.axes(...)`` of the same sizes, to reuse across many maps (video frames)."""
         c, gh, gw = features.shape
         w, h = image_size
-        dev = features.device
         self.features = features
-        self.iy0, self.iy1, self.ay_flat = _axis_weights(gh, h, dev)
-        self.ix0, self.ix1, self.ax_flat = _axis_weights(gw, w, dev)
+        (self.iy0, self.iy1, self.ay_flat), (self.ix0, self.ix1, self.ax_flat) = axes or self.axes(
+            (gw, gh), image_size, features.device
+        )
         self.ay, self.ax = self.ay_flat.view(h, 1), self.ax_flat.view(1, w)
         f = features
-        xr = torch.arange(gw, device=dev).add(1).clamp(max=gw - 1)
-        yd = torch.arange(gh, device=dev).add(1).clamp(max=gh - 1)
+        right = torch.cat([f[:, :, 1:], f[:, :, -1:]], 2)  # f[y, x+1] (edge repeated)
+        down = torch.cat([f[:, 1:], f[:, -1:]], 1)  # f[y+1, x]
         self.sq = (f * f).sum(0)  # |f|^2
-        self.hor = (f * f[:, :, xr]).sum(0)  # f[y, x] . f[y, x+1]
-        self.ver = (f * f[:, yd, :]).sum(0)  # f[y, x] . f[y+1, x]
-        self.dia = (f * f[:, yd][:, :, xr]).sum(0)  # f[y, x] . f[y+1, x+1]
-        self.anti = (f[:, :, xr] * f[:, yd, :]).sum(0)  # f[y, x+1] . f[y+1, x]
+        self.hor = (f * right).sum(0)  # f[y, x] . f[y, x+1]
+        self.ver = (f * down).sum(0)  # f[y, x] . f[y+1, x]
+        self.dia = (f * torch.cat([down[:, :, 1:], down[:, :, -1:]], 2)).sum(0)  # f[y, x] . f[y+1, x+1]
+        self.anti = (right * down).sum(0)  # f[y, x+1] . f[y+1, x]
         self._inv_norm: torch.Tensor | None = None
+
+    @staticmethod
+    def axes(grid_size: tuple[int, int], image_size: tuple[int, int], device: torch.device | str = "cpu") -> tuple:
+        """Bilinear indices and weights along y and x, for ``grid_size = (gw, gh)`` -> ``image_size = (W, H)``."""
+        (gw, gh), (w, h) = grid_size, image_size
+        return _axis_weights(gh, h, torch.device(device)), _axis_weights(gw, w, torch.device(device))
 
     def inv_norm_at(self, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """``1 / |interpolated feature|`` at pixel rows ``ys`` and columns ``xs`` (broadcast together)."""
@@ -189,16 +196,26 @@ class _Upsampler:
         s = s[:, self.iy0, :] * (1 - self.ay) + s[:, self.iy1, :] * self.ay  # (N, H, W)
         return s * self.inv_norm
 
-    def window(self, queries: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The same similarity on per-query windows: ``[n, j, i]`` is pixel ``(x0[n] + i, y0[n] + j)``.
+    def window(
+        self, queries: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, size: tuple[int, int], step: int = 1
+    ) -> torch.Tensor:
+        """The same similarity on per-query windows: ``[n, j, i]`` is pixel ``(x0[n] + i * step, y0[n] + j * step)``.
 
-        ``size = (ww, wh)``; windows must lie inside the image. Returns ``(N, wh, ww)``.
+        ``size = (ww, wh)`` pixels; windows must lie inside the image. Returns ``(N, ceil(wh / step),
+        ceil(ww / step))``.
         """
         ww, wh = size
+        n = queries.shape[0]
+        xs = x0.view(n, 1) + torch.arange(0, ww, step, device=x0.device)  # (N, ww')
+        ys = y0.view(n, 1) + torch.arange(0, wh, step, device=y0.device)  # (N, wh')
+        return self.at(queries, xs, ys)
+
+    def at(self, queries: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """The similarity at per-query pixel columns ``xs`` ``(N, ww)`` and rows ``ys`` ``(N, wh)`` (inside the
+        image): ``[n, j, i]`` is pixel ``(xs[n, i], ys[n, j])``. Returns ``(N, wh, ww)``."""
         s = self.grid(queries)  # (N, gh, gw)
         n, gh, _ = s.shape
-        xs = x0.view(n, 1) + torch.arange(ww, device=s.device)  # (N, ww)
-        ys = y0.view(n, 1) + torch.arange(wh, device=s.device)  # (N, wh)
+        ww, wh = xs.shape[1], ys.shape[1]
         ax, ay = self.ax_flat[xs].unsqueeze(1), self.ay_flat[ys].unsqueeze(2)
         s = (
             s.gather(2, self.ix0[xs].unsqueeze(1).expand(n, gh, ww)) * (1 - ax)
@@ -280,16 +297,31 @@ def _match_local(
     ww, wh = min(w, 2 * int(cells * sx) + 1), min(h, 2 * int(cells * sy) + 1)
     x0 = (centre[:, 0].round().long() - ww // 2).clamp(0, w - ww)
     y0 = (centre[:, 1].round().long() - wh // 2).clamp(0, h - wh)
-    loc, score = _locate(up.window(queries, x0, y0, (ww, wh)), "nn", radius, temperature)
+    # the best pixel of a lattice (a quarter cell apart) in that region, then the best pixel within 2 lattice steps
+    step = max(1, int(min(sx, sy)) // 4)
+    lattice = up.window(queries, x0, y0, (ww, wh), step=step)
+    best = lattice.reshape(n, -1).argmax(dim=1)
+    lw = lattice.shape[-1]
+    fw, fh = min(w, 4 * step + 1), min(h, 4 * step + 1)
+    x0 = (x0 + (best % lw) * step - 2 * step).clamp(0, w - fw)
+    y0 = (y0 + (best // lw) * step - 2 * step).clamp(0, h - fh)
+    loc, score = _locate(up.window(queries, x0, y0, (fw, fh)), "nn", radius, temperature)
     loc = loc + torch.stack([x0, y0], 1).to(loc.dtype)
     if method == "nn":
         return loc, score
-    # soft-argmax on a window centred on that pixel, as large as the exhaustive search would use
-    sw, sh = min(w, 2 * radius[0] + 1), min(h, 2 * radius[1] + 1)
-    x1 = (loc[:, 0].long() - radius[0]).clamp(0, w - sw)
-    y1 = (loc[:, 1].long() - radius[1]).clamp(0, h - sh)
-    soft, score = _locate(up.window(queries, x1, y1, (sw, sh)), "soft", radius, temperature)
-    return soft + torch.stack([x1, y1], 1).to(soft.dtype), score
+    # soft-argmax over the same window as the exhaustive search, centred on that pixel, sampled every `step` px
+    rx, ry = radius
+    step = max(1, min(rx, ry) // 8)
+    kx, ky = torch.arange(-(rx // step), rx // step + 1) * step, torch.arange(-(ry // step), ry // step + 1) * step
+    xs = loc[:, :1].long() + kx.to(loc.device)  # (N, kx)
+    ys = loc[:, 1:].long() + ky.to(loc.device)  # (N, ky)
+    valid = ((ys >= 0) & (ys < h)).unsqueeze(2) & ((xs >= 0) & (xs < w)).unsqueeze(1)
+    sim = up.at(queries, xs.clamp(0, w - 1), ys.clamp(0, h - 1))
+    logits = ((sim - score.view(n, 1, 1)) / temperature).masked_fill(~valid, float("-inf"))
+    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(sim)
+    x = (p * xs.unsqueeze(1)).sum((1, 2))
+    y = (p * ys.unsqueeze(2)).sum((1, 2))
+    return torch.stack([x, y], 1).float(), score
 
 
 def _match_dense(

@@ -27,7 +27,8 @@ class TrainConfig:
     image_size: int = 434  # student (and teacher-cache) input side, stretched square
     copies: int = 1  # augmented copies of each training image (cached, so the teacher sees them too)
     augment: bool = False
-    pairs: str = "retrieval"  # "retrieval" | "category"
+    pairs: str = "retrieval"  # "retrieval" | "category" | "given" (the pairs listed in pairs_file)
+    pairs_file: str = ""  # for pairs="given": JSON [["a.jpg", "b.jpg"], ...]; default: DATA/pairs.json
     self_pairs: float = 0.0  # probability of pairing an image with another augmented copy of itself
     k: int = 10
     retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
 from ..images import preprocess
 from ..model import DistillDiftModel
 
-__all__ = ["global_embeddings", "retrieval_neighbours", "PairSampler"]
+__all__ = ["global_embeddings", "retrieval_neighbours", "PairSampler", "read_pairs_file"]
 
 
 @torch.no_grad()
@@ -51,10 +54,18 @@ def retrieval_neighbours(embeddings: torch.Tensor, k: int = 10) -> torch.Tensor:
 
 
 class PairSampler:
-    """Draw the partner of image ``i``.
+    """Draw image pairs (indices into the training images).
 
-    Modes: ``"retrieval"`` (one of its ``k`` retrieval neighbours, uniformly; needs ``neighbours``),
-    ``"category"`` (another image of its category; needs ``categories``), ``"given"`` (fixed ``pairs``).
+    Modes: ``"retrieval"`` (the partner is one of the image's ``k`` retrieval neighbours, uniformly; needs
+    ``neighbours``), ``"category"`` (another image of its category; needs ``categories``), ``"given"`` (only the
+    listed ``pairs``, in either order; an image's partner is drawn among those it is listed with).
+    ``anchors`` are the images a pair may start from: every image, or in ``"given"`` mode the listed ones.
+
+    Example:
+        >>> import numpy as np
+        >>> s = PairSampler("given", pairs=[(0, 2), (2, 3)])
+        >>> s.anchors, s.partner(0, np.random.default_rng(0))
+        ([0, 2, 3], 2)
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class PairSampler:
         if mode not in ("retrieval", "category", "given"):
             raise ValueError(f"pair mode must be retrieval, category or given, got {mode!r}")
         self.mode = mode
+        self.anchors: list[int] | None = None  # None: every image
         if mode == "retrieval":
             if neighbours is None:
                 raise ValueError("retrieval pairs need the neighbours table (retrieval_neighbours)")
@@ -82,13 +94,44 @@ class PairSampler:
         else:
             if not pairs:
                 raise ValueError("given pairs need a non-empty list of (i, j)")
-            self.pairs = [tuple(p) for p in pairs]
+            self.partners: dict[int, list[int]] = {}
+            for i, j in pairs:
+                self.partners.setdefault(int(i), []).append(int(j))
+                self.partners.setdefault(int(j), []).append(int(i))
+            self.anchors = sorted(self.partners)
 
     def partner(self, i: int, rng: np.random.Generator) -> int:
-        """A partner of image ``i`` (never ``i`` itself unless it is alone in its category)."""
+        """A partner of image ``i`` (never ``i`` itself unless it is alone in its category or paired with itself)."""
         if self.mode == "retrieval":
             return int(rng.choice(self.neighbours[i]))
         if self.mode == "category":
             pool = [j for j in self.by_category[self.categories[i]] if j != i] or [i]
             return int(rng.choice(pool))
-        return int(self.pairs[i % len(self.pairs)][1])
+        if i not in self.partners:
+            raise ValueError(f"image {i} is in no given pair")
+        return int(rng.choice(self.partners[i]))
+
+
+def read_pairs_file(path: str | Path, images: Sequence[Path], root: Path) -> list[tuple[int, int]]:
+    """Read ``[["a.jpg", "b.jpg"], ...]`` (paths relative to ``root``) as index pairs into ``images``."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"pairs='given' needs a pairs file: {str(path)!r} not found "
+                                '(JSON: [["a.jpg", "b.jpg"], ...], paths relative to the data folder)')  # fmt: skip
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"pairs file {str(path)!r} is not valid JSON: {e}") from None
+    index = {p.relative_to(root).as_posix(): i for i, p in enumerate(images)}
+    out = []
+    for n, item in enumerate(raw if isinstance(raw, list) else [raw]):
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise InvalidInputError(f'pairs file {str(path)!r}, entry {n}: expected ["a.jpg", "b.jpg"], got {item!r}')
+        missing = [x for x in item if x not in index]
+        if missing:
+            raise InvalidInputError(f"pairs file {str(path)!r}, entry {n}: {missing[0]!r} is not an image below "
+                                    f"{str(root)!r}")  # fmt: skip
+        out.append((index[item[0]], index[item[1]]))
+    if not out:
+        raise InvalidInputError(f"pairs file {str(path)!r} lists no pairs")
+    return out

@@ -28,10 +28,10 @@ from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
 from .data import TrainImages
 from .losses import distillation_loss
-from .pairs import PairSampler, global_embeddings, retrieval_neighbours
+from .pairs import PairSampler, global_embeddings, read_pairs_file, retrieval_neighbours
 from .teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher
 
-__all__ = ["train"]
+__all__ = ["train", "draw_pairs"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -48,6 +48,27 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.close(fd)
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainConfig, step: int):
+    """The training entries ``(first, second)`` of ``step``: ``config.batch_size`` each, a pure function of the seed.
+
+    Entry ``e`` is copy ``e % copies`` of image ``e // copies``. With probability ``config.self_pairs`` an image is
+    paired with another augmented copy of itself, otherwise with ``sampler.partner``.
+    """
+    rng = np.random.default_rng([config.seed, step])
+    if sampler.anchors is None:
+        first = rng.integers(0, n_images * copies, size=config.batch_size)
+    else:  # given pairs: start from a listed image, any of its copies
+        starts = np.asarray(sampler.anchors)[rng.integers(0, len(sampler.anchors), size=config.batch_size)]
+        first = starts * copies + rng.integers(0, copies, size=config.batch_size)
+    second = []
+    for e in first:
+        base = int(e) // copies
+        if rng.random() >= config.self_pairs:
+            base = sampler.partner(base, rng)
+        second.append(base * copies + int(rng.integers(copies)))
+    return [int(e) for e in first], second
 
 
 def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
@@ -80,6 +101,11 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     # 2. data and student
     images = TrainImages(data, size=config.image_size, copies=config.copies, augment=config.augment,
                          seed=config.seed)  # fmt: skip
+    if config.pairs not in ("retrieval", "category", "given"):
+        raise InvalidInputError(f"pairs must be 'retrieval', 'category' or 'given', got {config.pairs!r}")
+    given = None  # checked before the (long) teacher cache is built
+    if config.pairs == "given":
+        given = read_pairs_file(config.pairs_file or images.root / "pairs.json", images.base, images.root)
     # the base weights (or random init) with a fresh adapter: never a published, already distilled one
     variant = get_variant(config.student)
     variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **config.student_overrides}, adapter=None)
@@ -129,8 +155,10 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         if dist.is_initialized():
             dist.barrier()
         sampler = PairSampler("retrieval", neighbours=torch.tensor(json.loads(pairs_file.read_text())))
-    else:
+    elif config.pairs == "category":
         sampler = PairSampler("category", categories=images.categories)
+    else:
+        sampler = PairSampler("given", pairs=given)
 
     # 5. optimiser, schedule, resume
     trainable = {n: p for n, p in student.named_parameters() if p.requires_grad}
@@ -161,16 +189,9 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     log_file = open(out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
     for step in range(start, config.steps):
-        rng = np.random.default_rng([config.seed, step])
-        first = rng.integers(0, len(images), size=config.batch_size)
-        second = []
-        for e in first:
-            base = int(e) // images.copies
-            if rng.random() >= config.self_pairs:
-                base = sampler.partner(base, rng)
-            second.append(base * images.copies + int(rng.integers(images.copies)))
+        first, second = draw_pairs(sampler, len(images.base), images.copies, config, step)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        a, b = [int(e) for e in first[mine]], second[mine]
+        a, b = first[mine], second[mine]
         x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
         t = torch.stack([cache[e] for e in a + b]).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
