@@ -287,7 +287,10 @@ def _match_local(
     temperature: float,
     cells: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coarse to fine: the best grid cell, then the exact upsampled similarity within ``cells`` cells of it."""
+    """Coarse to fine on the exact upsampled similarity: the best grid cell; the best point of a quarter-cell lattice
+    within ``cells`` cells of it; the best pixel within two lattice steps of that point; for ``soft``, the
+    soft-argmax over the exhaustive search's window around that pixel, sampled on a lattice of 1/8 of its radius.
+    """
     w, h = geom.image_size
     sx, sy = geom.cell_size
     n = queries.shape[0]
