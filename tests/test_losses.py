@@ -49,3 +49,18 @@ def test_gradients_flow_only_to_the_student():
     assert s1.grad.abs().sum() > 0 and t1.grad is not None  # teacher tensors get gradients only if asked
     with pytest.raises(ValueError, match="must agree"):
         distillation_loss(torch.randn(1, 8, 2, 2), s1, torch.randn(1, 8, 3, 3), t1)
+
+
+def test_nn_agreement_counts_cells_within_the_tolerance():
+    """Image 2 is image 1 shifted one cell right; a student matching one cell further right agrees only at tol 1."""
+    from distilldift.recipes.metrics import nn_agreement
+
+    codes = torch.eye(12).view(12, 3, 4)  # 3 x 4 grid, one-hot code per cell: the teacher's match is exact
+    t1 = codes[:, :, :3].unsqueeze(0)  # cells x = 0..2
+    t2 = codes.unsqueeze(0)  # cells x = 0..3: cell (x, y) of image 1 matches (x, y) here
+    s2 = torch.roll(codes, 1, dims=2).unsqueeze(0)  # student's cell (x, y) of image 1 matches (x + 1, y)
+    assert nn_agreement(t1, t2, t1, t2).tolist() == [1.0]
+    assert nn_agreement(t1, s2, t1, t2, tolerance=0).tolist() == [0.0]
+    assert nn_agreement(t1, s2, t1, t2, tolerance=1).tolist() == [1.0]
+    with pytest.raises(ValueError, match="grids must agree"):
+        nn_agreement(t1, t2, t1, t2[..., :3])

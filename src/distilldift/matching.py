@@ -271,11 +271,21 @@ def _locate(
     valid = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
     idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).reshape(n, -1)
     vals = sim.reshape(n, -1).gather(1, idx).view_as(cx)
+    return _soft_argmax(vals, score, cx, cy, valid, temperature), score
+
+
+def _soft_argmax(
+    vals: torch.Tensor, score: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``(N, 2)`` softmax(``vals`` / temperature)-weighted mean pixel ``(x, y)`` over a window.
+
+    ``vals``: ``(N, h, w)`` similarities at pixel columns ``cx`` and rows ``cy`` (broadcastable to ``vals``);
+    ``valid``: which of them lie inside the image; ``score``: ``(N,)`` the window's maximum (for stability).
+    """
+    n = vals.shape[0]
     logits = ((vals - score.view(n, 1, 1)) / temperature).masked_fill(~valid, float("-inf"))
-    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(cx)
-    x = (p * cx).sum((1, 2))
-    y = (p * cy).sum((1, 2))
-    return torch.stack([x, y], 1).float(), score
+    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(vals)
+    return torch.stack([(p * cx).sum((1, 2)), (p * cy).sum((1, 2))], 1).float()
 
 
 def _match_local(
@@ -320,11 +330,7 @@ def _match_local(
     ys = loc[:, 1:].long() + ky.to(loc.device)  # (N, ky)
     valid = ((ys >= 0) & (ys < h)).unsqueeze(2) & ((xs >= 0) & (xs < w)).unsqueeze(1)
     sim = up.at(queries, xs.clamp(0, w - 1), ys.clamp(0, h - 1))
-    logits = ((sim - score.view(n, 1, 1)) / temperature).masked_fill(~valid, float("-inf"))
-    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(sim)
-    x = (p * xs.unsqueeze(1)).sum((1, 2))
-    y = (p * ys.unsqueeze(2)).sum((1, 2))
-    return torch.stack([x, y], 1).float(), score
+    return _soft_argmax(sim, score, xs.unsqueeze(1), ys.unsqueeze(2), valid, temperature), score
 
 
 def _match_dense(

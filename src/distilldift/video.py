@@ -241,12 +241,11 @@ def _batches(source: _Source, model: DistillDiftModel, geom: GridGeometry, batch
 
 
 def _forward_stream(
-    batches: Iterator[torch.Tensor], model: DistillDiftModel, workers: int, threads: int
+    batches: Iterator[torch.Tensor], model: DistillDiftModel, p: torch.Tensor, workers: int, threads: int
 ) -> Iterator[torch.Tensor]:
-    """Features of each batch, in order. ``workers > 1``: that many forward passes at once, each on its share of
-    torch's threads (the decoding thread and the matching keep running meanwhile); at most ``workers + 1`` batches
-    in flight. ``threads``: torch's threads to share among the workers."""
-    p = next(model.parameters())
+    """Features of each batch, in order, on ``p``'s device and dtype. ``workers > 1``: that many forward passes at
+    once, each on its share of ``threads`` torch threads (the decoding thread and the matching keep running
+    meanwhile); at most ``workers + 1`` batches in flight."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -398,7 +397,7 @@ def track_video(
     if workers > 1:  # the forward workers own the cores; the small matching ops run best on one thread
         torch.set_num_threads(1)
     try:
-        for feats in _forward_stream(_batches(source, model, geom, batch_size, prefetch), model, workers, threads):
+        for feats in _forward_stream(_batches(source, model, geom, batch_size, prefetch), model, p, workers, threads):
             for f in feats:
                 if pts.shape[0] == 0:
                     out_pts.append(torch.zeros(0, 2))
