@@ -62,8 +62,13 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch):
-    config = apply_overrides(load_recipe("tiny"), MICRO)
+# the recipe's own student: EfficientNet-Lite0 with BatchNorm, whose running statistics must survive a resume too
+MICRO_LITE = ['student="lite"', "image_size=64", "copies=2", "k=2", "batch_size=4", "steps=6", "checkpoint_every=3"]
+
+
+@pytest.mark.parametrize("micro", [MICRO, MICRO_LITE], ids=["vit", "lite-batchnorm"])
+def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch, micro):
+    config = apply_overrides(load_recipe("tiny"), micro)
     straight = trainer_module.train(config, data, tmp_path / "a", log=lambda *_: None)
     real_loss, calls = trainer_module.distillation_loss, {"n": 0}
 

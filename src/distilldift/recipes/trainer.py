@@ -3,8 +3,8 @@
 Reads top to bottom: set up processes -> data -> student -> teacher cache (teachers run once) -> pairs ->
 optimiser -> resume -> loop (sample pairs, student features, loss vs cached teacher features, step, checkpoint)
 -> save a model folder that ``load_model`` reads. The pairs of step ``s`` are a pure function of
-``(seed, s)``, and checkpoints hold the trainable weights, optimiser, scheduler, step, RNG and config, so a run
-resumed from a checkpoint ends with the same weights as an uninterrupted one.
+``(seed, s)``, and checkpoints hold the trainable weights, buffers (BatchNorm statistics), optimiser, scheduler,
+step, RNG and config, so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -130,6 +130,14 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     else:
         raise InvalidInputError(f"train must be 'lora' or 'full', got {config.train!r}")
     grid = student.geometry((config.image_size, config.image_size), config.image_size).grid_size
+    if world > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+        if device.type == "cuda":  # batch statistics over all processes' images, as one process would see them
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        elif rank == 0:
+            log(
+                "warning: the student has BatchNorm and torch syncs it only on GPUs: on CPU each process normalises "
+                "with its own share of the batch, so results differ slightly from a single-process run"
+            )
 
     # 3. teacher cache: teachers run once (rank 0), training reads only the cache
     cache_dir = out / "teacher-cache"
@@ -176,6 +184,8 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         with torch.no_grad():
             for n, p in trainable.items():
                 p.copy_(ckpt["trainable"][n])
+            for n, b in student.named_buffers():  # BatchNorm running statistics move during training too
+                b.copy_(ckpt["buffers"][n])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
@@ -210,6 +220,7 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
             _save_checkpoint(ckpt_path, {
                 "step": step + 1, "config": config.to_dict(), "rng": torch.get_rng_state(),
                 "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                "buffers": {n: b.detach().cpu() for n, b in student.named_buffers()},
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             })  # fmt: skip
     if log_file is not None:
