@@ -199,3 +199,17 @@ def test_learning_is_real(tmp_path):
     assert loss < init_loss - 0.15  # generalises to unseen frames: measured 3.06-3.10 vs 3.44
     assert agree > init_agree - 0.02  # measured 0.388-0.466 vs 0.381
     assert measure(student, train_pairs)[1] > measure(init, train_pairs)[1] + 0.02  # measured 0.378-0.457 vs 0.333
+
+
+def test_hints_add_their_term_and_need_the_teachers_architecture(data, tmp_path):
+    with_hints = apply_overrides(load_recipe("tiny"), [*MICRO_LITE, "steps=2", "hint_weight=2.0"])
+    trainer_module.train(with_hints, data, tmp_path / "h", log=lambda *_: None)
+    trainer_module.train(apply_overrides(with_hints, ["hint_weight=0"]), data, tmp_path / "p", log=lambda *_: None)
+    first = [json.loads((tmp_path / run / "log.jsonl").read_text().splitlines()[0])["loss"] for run in ("h", "p")]
+    # same seed, same pairs, same initial weights at step 1: the difference is 2 x the random student's hint loss,
+    # about 1 per stage (a normalised MSE) for a random init
+    assert 2 * 0.5 < first[0] - first[1] < 2 * 3, first
+    vit = apply_overrides(load_recipe("tiny"), [*MICRO, "hint_weight=1.0"])
+    with pytest.raises(InvalidInputError, match="hint_weight=0"):
+        trainer_module.train(vit, data, tmp_path / "v", log=lambda *_: None)
+    assert not (tmp_path / "v" / "teacher-cache").exists()  # refused before the teacher cache was built

@@ -33,6 +33,7 @@ class TrainConfig:
     k: int = 10
     retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher
     temperature: float = 0.01
+    hint_weight: float = 0.0  # > 0: add block-wise hints (recipes/hints.py); the student needs the teacher's arch.
     lr: float = 1e-4
     weight_decay: float = 0.05
     lr_step: int = 1000  # StepLR: multiply the learning rate by lr_gamma every lr_step steps

@@ -27,6 +27,7 @@ from ..variants import get_variant
 from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
 from .data import TrainImages
+from .hints import HintTeacher, backbone_stages, hint_loss
 from .losses import distillation_loss
 from .pairs import PairSampler, global_embeddings, read_pairs_file, retrieval_neighbours
 from .teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher
@@ -139,7 +140,12 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
                 "with its own share of the batch, so results differ slightly from a single-process run"
             )
 
-    # 3. teacher cache: teachers run once (rank 0), training reads only the cache
+    hints = stages = None  # block-wise hints (checked before the long cache build): targets computed on the fly
+    if config.hint_weight > 0:
+        hints = HintTeacher(load_model(config.teachers[0]).backbone, student.backbone).to(device)
+        stages = backbone_stages(student.backbone)
+
+    # 3. teacher cache: teachers run once (rank 0), training reads only the cache (and hints their cheap teacher)
     cache_dir = out / "teacher-cache"
     if rank == 0:
         teacher = EnsembleTeacher([_teacher(t, device) for t in config.teachers]).to(device)
@@ -207,6 +213,8 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
             s = model(x.to(device))
             loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
+            if hints is not None:
+                loss = loss + config.hint_weight * hint_loss(stages, hints(x.to(device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
