@@ -4,8 +4,8 @@ With a few dozen training images the paper's loss (one similarity distribution p
 for a random-init student to learn features that carry over to other objects (BENCHMARKS.md, "Distillation").
 When the student has the teacher's architecture, every stage can instead be fitted to the teacher's stage on the
 teacher's own input ("teacher forcing"): each stage is a small regression problem in which every spatial position
-is a sample, so a few dozen photos suffice. The ``tiny`` recipe adds this term to the paper's loss
-(``hint_weight``); the paper's recipes (``coco``) leave it at 0.
+is a sample, so a few dozen photos suffice. The trainer adds this term to the paper's loss with weight
+``hint_weight`` (0 in the shipped recipes; BENCHMARKS.md has the measurements).
 """
 
 from __future__ import annotations
