@@ -209,12 +209,13 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         a, b = first[mine], second[mine]
         x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
+        x = x.to(device)
         t = torch.stack([cache[e] for e in a + b]).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
-            s = model(x.to(device))
+            s = model(x)
             loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
             if hints is not None:
-                loss = loss + config.hint_weight * hint_loss(stages, hints(x.to(device)))
+                loss = loss + config.hint_weight * hint_loss(stages, hints(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
