@@ -87,7 +87,7 @@ def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch,
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 was logged, then lost with the kill, and done again
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 4 was logged, then lost with the kill: its line goes, it is redone
     changed = apply_overrides(config, ["lr=0.5"])
     with pytest.raises(InvalidInputError, match=r"other settings: \['lr'\]"):
         trainer_module.train(changed, data, tmp_path / "b", resume=True, log=lambda *_: None)
@@ -213,3 +213,19 @@ def test_hints_add_their_term_and_need_the_teachers_architecture(data, tmp_path)
     with pytest.raises(InvalidInputError, match="hint_weight=0"):
         trainer_module.train(vit, data, tmp_path / "v", log=lambda *_: None)
     assert not (tmp_path / "v" / "teacher-cache").exists()  # refused before the teacher cache was built
+
+
+def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
+    """``distill_start``: steps before it train on hints alone; the log keeps each unweighted term."""
+    config = apply_overrides(load_recipe("tiny"), [*MICRO_LITE, "steps=4", "hint_weight=3.0", "distill_weight=0.5",
+                                                   "distill_start=2"])  # fmt: skip
+    trainer_module.train(config, data, tmp_path / "w", log=lambda *_: None)
+    log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["distill"] > 1 and r["hint"] > 0.1 for r in log)
+    for r in log:
+        weight = 0.0 if r["step"] <= 2 else 0.5
+        assert r["loss"] == pytest.approx(weight * r["distill"] + 3.0 * r["hint"], rel=1e-5)
+    for nothing in (["hint_weight=0", "distill_weight=0"], ["hint_weight=0", "distill_start=5"], ["hint_weight=-1"]):
+        with pytest.raises(InvalidInputError, match="nothing to learn|must be >= 0"):
+            trainer_module.train(apply_overrides(config, nothing), data, tmp_path / "n", log=lambda *_: None)
+        assert not (tmp_path / "n" / "teacher-cache").exists()

@@ -33,6 +33,8 @@ class TrainConfig:
     k: int = 10
     retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher
     temperature: float = 0.01
+    distill_weight: float = 1.0  # weight of the paper's similarity loss (recipes/losses.py)
+    distill_start: int = 0  # the similarity loss counts from this step on; before it, hints alone warm up the student
     hint_weight: float = 0.0  # > 0: add block-wise hints (recipes/hints.py); the student needs the teacher's arch.
     lr: float = 1e-4
     weight_decay: float = 0.05

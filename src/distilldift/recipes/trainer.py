@@ -77,9 +77,11 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     """Distil the teachers of ``config`` into its student on the images below ``data``; write results to ``out``.
 
     ``out`` receives ``teacher-cache/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``log.jsonl``
-    (one line per step) and ``model/`` (the trained model, for ``load_model``). With ``resume=True`` training
-    continues from ``checkpoint.pt``. Under ``torchrun`` every process takes its share of each step's pairs
-    and gradients are averaged (torch DDP), which equals one process taking them all.
+    (one line per step: the total ``loss``, each unweighted term - ``distill``, the paper's similarity loss, and
+    ``hint`` when ``hint_weight > 0`` - and ``lr``) and ``model/`` (the trained model, for ``load_model``).
+    With ``resume=True`` training continues from ``checkpoint.pt`` (``log.jsonl`` is cut back to its step).
+    Under ``torchrun`` every process takes its share of each step's pairs and gradients are averaged (torch DDP),
+    which equals one process taking them all.
 
     Returns:
         The ``model/`` folder.
@@ -140,6 +142,13 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
                 "with its own share of the batch, so results differ slightly from a single-process run"
             )
 
+    if config.distill_weight < 0 or config.hint_weight < 0:
+        raise InvalidInputError("distill_weight and hint_weight must be >= 0")
+    if config.hint_weight == 0 and (config.distill_weight == 0 or config.distill_start > 0):
+        raise InvalidInputError(
+            "nothing to learn: the similarity loss is off (distill_weight=0 or distill_start>0) and so are hints; "
+            "set distill_weight>0 and distill_start=0, or hint_weight>0"
+        )
     hints = stages = None  # block-wise hints (checked before the long cache build): targets computed on the fly
     if config.hint_weight > 0:
         hints = HintTeacher(load_model(config.teachers[0]).backbone, student.backbone).to(device)
@@ -196,6 +205,13 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
         start = ckpt["step"]
+        log_path = out / "log.jsonl"
+        if rank == 0 and log_path.exists():  # steps logged after the checkpoint were lost with the kill: redone below
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start]  # fmt: skip
+            tmp = log_path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, log_path)
         log(f"resumed from step {start}")
     model = torch.nn.parallel.DistributedDataParallel(student) if dist.is_initialized() else student
 
@@ -213,15 +229,19 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         t = torch.stack([cache[e] for e in a + b]).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
             s = model(x)
-            loss = distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
+            terms = {"distill": distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:],
+                                                  config.temperature)}  # fmt: skip
             if hints is not None:
-                loss = loss + config.hint_weight * hint_loss(stages, hints(x))
+                terms["hint"] = hint_loss(stages, hints(x))
+            weight = config.distill_weight if step >= config.distill_start else 0.0
+            loss = weight * terms["distill"] + config.hint_weight * terms.get("hint", 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if log_file is not None:
-            log_file.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0]}) + "\n")
+            record = {"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+            log_file.write(json.dumps({**record, "lr": sched.get_last_lr()[0]}) + "\n")
             log_file.flush()
             if (step + 1) % max(1, config.steps // 10) == 0:
                 log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s")
