@@ -95,3 +95,20 @@ def test_retrieval_pairs(lite_model, cat_image):
 def test_global_embeddings_take_mixed_aspect_ratios(lite_model):
     emb = global_embeddings(lite_model, [torch.rand(3, 60, 200), torch.rand(3, 200, 60), torch.rand(3, 90, 90)])
     assert emb.shape == (3, 1280) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_augmented_copies_depend_on_the_seed_not_the_folder(tmp_path):
+    from distilldift.recipes.data import TrainImages
+
+    for folder in ("a", "b/c"):  # the same two photos in two folders
+        rng = np.random.default_rng(0)
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        for name in ("x.png", "sub/y.png"):
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / folder / name)
+    a = TrainImages(tmp_path / "a", size=32, copies=3, augment=True)
+    b = TrainImages(tmp_path / "b/c", size=32, copies=3, augment=True)
+    other_seed = TrainImages(tmp_path / "a", size=32, copies=3, augment=True, seed=1)
+    assert len(a) == 6 and a.load(0).shape == (3, 32, 32)
+    assert all(torch.equal(a.load(e), b.load(e)) for e in range(6))  # same copies wherever the photos are
+    assert torch.equal(a.load(0), other_seed.load(0))  # copy 0 is the photo itself
+    assert not torch.equal(a.load(1), a.load(2)) and not torch.equal(a.load(1), other_seed.load(1))

@@ -46,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     cache_batch_size: int = 8
     device: str = ""  # default: cuda if available, else cpu
+    mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "bf16" | "no"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

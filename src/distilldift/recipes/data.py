@@ -61,7 +61,8 @@ class TrainImages:
     def _make(self, path: Path, copy: int) -> torch.Tensor:
         img = load_image(path)
         if self.augment and copy > 0:
-            rng = np.random.default_rng([self.seed, zlib.crc32(str(path).encode()), copy])
+            name = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode()), copy])  # same copies in any folder
             img = _augment(img, rng)
         return F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True)[0]
 

@@ -142,6 +142,9 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
                 "with its own share of the batch, so results differ slightly from a single-process run"
             )
 
+    if config.mixed_precision not in ("auto", "bf16", "no"):
+        raise InvalidInputError(f"mixed_precision must be 'auto', 'bf16' or 'no', got {config.mixed_precision!r}")
+    amp = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and device.type == "cuda")
     if config.distill_weight < 0 or config.hint_weight < 0:
         raise InvalidInputError("distill_weight and hint_weight must be >= 0")
     if config.hint_weight == 0 and (config.distill_weight == 0 or config.distill_start > 0):
@@ -227,7 +230,7 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
         x = x.to(device)
         t = torch.stack([cache[e] for e in a + b]).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):  # mixed precision on GPU
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # mixed precision (default: on GPU)
             s = model(x)
             terms = {"distill": distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:],
                                                   config.temperature)}  # fmt: skip
@@ -244,7 +247,9 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
             log_file.write(json.dumps({**record, "lr": sched.get_last_lr()[0]}) + "\n")
             log_file.flush()
             if (step + 1) % max(1, config.steps // 10) == 0:
-                log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s")
+                parts = ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items())
+                elapsed = time.perf_counter() - t0
+                log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f} ({parts})  {elapsed:.0f}s")
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
             _save_checkpoint(ckpt_path, {
                 "step": step + 1, "config": config.to_dict(), "rng": torch.get_rng_state(),
