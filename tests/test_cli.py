@@ -83,6 +83,36 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
         (("match", good, good, "--model", "no_such_model"), "is not a registered variant"),
         (("match", good, good, "--model", lite_folder, "--points-file", tmp_path / "none.json"), "points file not"),
         (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
+        (
+            (
+                "train",
+                "--recipe",
+                "tiny",
+                "--data",
+                tmp_path,
+                "--out",
+                tmp_path / "r",
+                "--override",
+                "steps=3",
+                "stepz=3",
+            ),
+            "unknown recipe keys ['stepz']",
+        ),
+        (
+            (
+                "train",
+                "--recipe",
+                "tiny",
+                "--data",
+                tmp_path,
+                "--out",
+                tmp_path / "r",
+                "--override",
+                "steps=3",
+                "photos/",
+            ),
+            "unexpected argument(s) ['photos/']: recipe settings are key=value after --override",
+        ),
     ]
     for args, message in cases:
         r = run(*args)

@@ -101,8 +101,7 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "distilldift", "train",
            "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "two")]  # fmt: skip
-    for item in MICRO:
-        cmd += ["--override", item]
+    cmd += ["--override", MICRO[0], "--override", *MICRO[1:]]  # both forms: repeated, and several after one
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import DistillDiftError
+from .errors import DistillDiftError, InvalidInputError
 
 app = typer.Typer(
     name="distilldift",
@@ -82,8 +82,6 @@ def _parse_points(values: list[str]) -> list[list[float]]:
 
 
 def _read_points_file(path: Path) -> list[list[float]]:
-    from .errors import InvalidInputError
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -325,14 +323,16 @@ def eval_(
         console.print(f"wrote {out}")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 @_user_errors
 def train(
+    ctx: typer.Context,
     recipe: Annotated[str, typer.Option(help="Recipe name (coco, tiny) or a .json file.")],
     data: Annotated[Path, typer.Option(help="Folder of training images (recursive).")],
     out: Annotated[Path, typer.Option(help="Output folder: teacher cache, checkpoint, log, model/.")],
     override: Annotated[
-        list[str] | None, typer.Option(help="Recipe key=value (JSON values), repeatable: --override steps=100.")
+        list[str] | None,
+        typer.Option(help="Recipe key=value (JSON values), one or more: --override steps=100 lr=1e-3."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
 ) -> None:
@@ -340,7 +340,15 @@ def train(
     from .recipes.config import apply_overrides, load_recipe
     from .recipes.trainer import train as run
 
-    config = apply_overrides(load_recipe(recipe), override or [])
+    # click gives an option one value: the key=value items after the first (`--override a=1 b=2`) arrive as extras
+    extra = list(ctx.args)
+    stray = [a for a in extra if "=" not in a]
+    if stray or (extra and not override):
+        raise InvalidInputError(
+            f"unexpected argument(s) {stray or extra}: recipe settings are key=value after --override "
+            "(e.g. --override steps=100 lr=1e-3); see `distilldift train --help`"
+        )
+    config = apply_overrides(load_recipe(recipe), [*(override or []), *extra])
     folder = run(config, data, out, resume=resume, log=console.print)
     console.print(f"wrote {folder}")
 
