@@ -77,42 +77,15 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
+    train = ("train", "--recipe", "tiny", "--data", tmp_path, "--out", tmp_path / "r", "--override", "steps=3")
     cases = [
         (("match", bad, good, "--model", lite_folder), "could not decode"),
         (("match", good, good, "--model", lite_folder, "-p", "60,10"), "outside the 50x40 image"),
         (("match", good, good, "--model", "no_such_model"), "is not a registered variant"),
         (("match", good, good, "--model", lite_folder, "--points-file", tmp_path / "none.json"), "points file not"),
         (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
-        (
-            (
-                "train",
-                "--recipe",
-                "tiny",
-                "--data",
-                tmp_path,
-                "--out",
-                tmp_path / "r",
-                "--override",
-                "steps=3",
-                "stepz=3",
-            ),
-            "unknown recipe keys ['stepz']",
-        ),
-        (
-            (
-                "train",
-                "--recipe",
-                "tiny",
-                "--data",
-                tmp_path,
-                "--out",
-                tmp_path / "r",
-                "--override",
-                "steps=3",
-                "photos/",
-            ),
-            "unexpected argument(s) ['photos/']: recipe settings are key=value after --override",
-        ),
+        ((*train, "stepz=3"), "unknown recipe keys ['stepz']"),
+        ((*train, "photos/"), "unexpected argument(s) ['photos/']: recipe settings are key=value after --override"),
     ]
     for args, message in cases:
         r = run(*args)
