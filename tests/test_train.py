@@ -156,7 +156,7 @@ def test_given_pairs(data, tmp_path):
 def test_learning_is_real(tmp_path):
     """Each term of the ``tiny`` recipe learns, on a small run: 100 steps, 4 augmented copies of 10 frames of
     apple.mp4 (every 4th of frames 0-36), the random-init EfficientNet-Lite0 student and the pretrained ``lite``
-    teacher. The full recipe (2000 steps on 36 photos, ~40 min) raises PF-WILLOW PCK@0.1 from 0.235 to ~0.38
+    teacher. The full recipe (2000 steps on 36 photos, ~35 min on 2 cores) raises PF-WILLOW PCK@0.1 from 0.235 to ~0.38
     (teacher 0.483): BENCHMARKS.md, "Learning is real".
 
     1. The similarity loss alone (``hint_weight=0 distill_start=0``, the recipe's second phase without hints): the
@@ -269,7 +269,7 @@ def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
 
 def test_mixed_precision_computes_the_same_losses(data, tmp_path):
     """``mixed_precision="bf16"`` (the GPU default, forced here on CPU) runs both loss terms under bf16 autocast:
-    same first-step losses as fp32 to bf16's precision, same pairs, finite throughout; unknown settings are refused."""
+    same first-step losses as fp32 to bf16's precision, finite throughout; unknown settings are refused."""
     micro = MICRO_LITE + ["steps=3", "distill_start=0"]
     logs = {}
     for mode in ("no", "bf16"):

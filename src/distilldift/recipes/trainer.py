@@ -247,9 +247,9 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
             log_file.write(json.dumps({**record, "lr": sched.get_last_lr()[0]}) + "\n")
             log_file.flush()
             if (step + 1) % max(1, config.steps // 10) == 0:
-                parts = ", ".join(f"{k} {v.item():.4f}" for k, v in terms.items())
+                parts = ", ".join(f"{k} {record[k]:.4f}" for k in terms)
                 elapsed = time.perf_counter() - t0
-                log(f"step {step + 1}/{config.steps}  loss {loss.item():.4f} ({parts})  {elapsed:.0f}s")
+                log(f"step {step + 1}/{config.steps}  loss {record['loss']:.4f} ({parts})  {elapsed:.0f}s")
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
             _save_checkpoint(ckpt_path, {
                 "step": step + 1, "config": config.to_dict(), "rng": torch.get_rng_state(),
