@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/oracle.py, tests/hf_server.py
 
+from file_server import FileServer  # noqa: E402
 from hf_server import HubServer  # noqa: E402
 
 # huggingface_hub reads HF_ENDPOINT / HF_HOME once, at import: start the local Hub and point it there first.
@@ -23,16 +24,43 @@ os.environ["HF_HOME"] = str(_HUB_ROOT / "hf-home")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ["DISTILLDIFT_CACHE"] = str(_HUB_ROOT / "distilldift-cache")
+# the authors' release files are fetched from this empty local server only: no test reaches a public host
+RELEASES = FileServer().__enter__()
+os.environ["DISTILLDIFT_MIRROR"] = RELEASES.url
 atexit.register(shutil.rmtree, _HUB_ROOT, True)
 atexit.register(HUB.__exit__, None, None, None)
+atexit.register(RELEASES.__exit__, None, None, None)
 
-from distilldift import create_model, load_model  # noqa: E402
+from distilldift import LoraSpec, Variant, create_model, load_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PF_WILLOW = SHARED / "data" / "pf-willow"
 requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is not present")
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2)
+OFFICIAL = SHARED / "fixtures" / "official-parity"
+# the authors' parity fixture's tiny DINOv2-with-registers: hub dinov2_vitb14_reg with small sizes (fixture README)
+OFFICIAL_TINY_KW = dict(
+    embed_dim=64, depth=2, num_heads=2, img_size=518, init_values=1.0, dynamic_img_size=True, num_classes=0
+)
+OFFICIAL_TINY = Variant(
+    name="official_tiny",
+    arch="vit_small_patch14_reg4_dinov2",
+    arch_kwargs=OFFICIAL_TINY_KW,
+    layers=(-1,),
+    lora=LoraSpec(rank=8),
+)
+
+
+def official_max_diff(model, expected_file: str) -> float:
+    """Largest difference between ``model``'s features and the authors' code's on the fixture's inputs."""
+    from safetensors.torch import load_file
+
+    inputs, expected = load_file(str(OFFICIAL / "inputs.safetensors")), load_file(str(OFFICIAL / expected_file))
+    with torch.no_grad():
+        return max(
+            (model(inputs[k], normalize=False) - expected[k]).abs().max().item() for k in ("square", "nonsquare")
+        )
 
 
 def randomise_adapter(model, seed: int = 0) -> None:

@@ -63,12 +63,19 @@ def test_match_without_points_uses_a_grid_and_extract(lite_folder, tmp_path):
 
 
 def test_help_of_every_command():
-    for args in ([], ["match"], ["extract"], ["models"]):
+    for args in ([], ["match"], ["extract"], ["models"], ["download"]):
         r = run(*args, "--help")
         assert r.returncode == 0, (args, r.stderr)
         assert "Usage" in r.stdout
     r = run("models")
-    assert r.returncode == 0 and "distilldift_us (default)" in r.stdout and "lite" in r.stdout
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") > 2}
+    assert r.returncode == 0 and "PyPI efficientnet-lite0 *" in rows["lite"]  # * = cached
+    lines = r.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("│ distilldift_us "))
+    assert lines[row + 1].startswith("│ (default)")  # under the default model's name
+    assert "Hub distilldift/distilldift_us" in rows["distilldift_us"]
+    assert "authors' GitHub release" in r.stdout and "none: nothing published" in rows["distilldift_us_3d"]
+    assert "pip install distilldift[lite]" in r.stdout  # square brackets survive rich
     assert run("--version").stdout.startswith("distilldift ")
 
 
@@ -86,6 +93,14 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
         (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
         ((*train, "stepz=3"), "unknown recipe keys ['stepz']"),
         ((*train, "photos/"), "unexpected argument(s) ['photos/']: recipe settings are key=value after --override"),
+        (("download", "nope"), "unknown model variant 'nope'"),
+        (("download", "distilldift_us_3d"), "no pretrained weights are published for 'distilldift_us_3d'"),
+        # the Hub (local test server) has no adapter repo; the release mirror (local, empty) answers 404
+        (("download", "distilldift_us"), "tried (1) Hub adapter distilldift/distilldift_us: Hugging Face repo"),
+        (
+            ("download", "distilldift_us"),
+            "/e21076e8d6f032f6ec461ce0540b496caf5a4aec/eval/checkpoints/distilled_us.ckpt: HTTP 404",
+        ),
     ]
     for args, message in cases:
         r = run(*args)

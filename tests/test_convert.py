@@ -7,34 +7,23 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import SHARED, requires_shared
+from conftest import OFFICIAL, OFFICIAL_TINY, requires_shared
+from conftest import official_max_diff as max_diff
 from distilldift import (
     CheckpointError,
     InvalidInputError,
     LoraSpec,
-    Variant,
     WeightsNotFoundError,
     convert_checkpoint,
     load_model,
 )
-from distilldift.hub import _build, _folder_getter
+from distilldift.hub import build_model, folder_getter
 
-FIX = SHARED / "fixtures" / "official-parity"
+FIX = OFFICIAL
 BASE = FIX / "base_dinov2_hub_format.safetensors"
-# the fixture's tiny DINOv2-with-registers: the hub dinov2_vitb14_reg config with small sizes (fixture README)
-TINY_KW = dict(embed_dim=64, depth=2, num_heads=2, img_size=518, init_values=1.0, dynamic_img_size=True, num_classes=0)
-TINY = Variant(name="official_tiny", arch="vit_small_patch14_reg4_dinov2", arch_kwargs=TINY_KW, layers=(-1,),
-               lora=LoraSpec(rank=8))  # fmt: skip
+TINY = OFFICIAL_TINY
 
 pytestmark = requires_shared
-
-
-def max_diff(model, expected_file) -> float:
-    inputs, expected = load_file(str(FIX / "inputs.safetensors")), load_file(str(FIX / expected_file))
-    with torch.no_grad():
-        return max(
-            (model(inputs[k], normalize=False) - expected[k]).abs().max().item() for k in ("square", "nonsquare")
-        )
 
 
 @pytest.mark.parametrize(
@@ -57,9 +46,9 @@ def test_parity_with_the_authors_code(tmp_path, checkpoint, expected):
 def test_parity_without_adapter(tmp_path):
     """The base weights alone, read through timm's own DINOv2 checkpoint conversion."""
     shutil.copy(BASE, tmp_path / "base.safetensors")
-    model = _build(
+    model = build_model(
         TINY.replace(lora=None, weights="file:base.safetensors"),
-        get=_folder_getter(tmp_path),
+        get=folder_getter(tmp_path),
         adapter_get=None,
         cache_dir=None,
         local_files_only=True,

@@ -23,7 +23,7 @@ from distilldift import (
     load_model,
     register_variant,
 )
-from distilldift.hub import _base_state_dict
+from distilldift.hub import base_state_dict
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_round_trip_through_hub_server_and_cache(tiny_model, images, hub):
 
 def test_registered_variant_downloads_base_and_adapter(tiny_model, images, hub, tmp_path):
     """The registry path: base weights from one repo (timm format), the peft adapter from another."""
-    save_file(_base_state_dict(tiny_model), str(tmp_path / "model.safetensors"))
+    save_file(base_state_dict(tiny_model), str(tmp_path / "model.safetensors"))
     (hub.root / "org" / "tiny-base").mkdir(parents=True)
     shutil.copy(tmp_path / "model.safetensors", hub.root / "org" / "tiny-base" / "model.safetensors")
     tiny_model.backbone.save_pretrained(str(hub.root / "org" / "tiny-adapter"))
@@ -142,7 +142,9 @@ def test_registered_variant_downloads_base_and_adapter(tiny_model, images, hub, 
     model = load_model("tiny_hub", cache_dir=tmp_path / "cache", merge=False)
     assert torch.equal(feats(model, images), feats(tiny_model, images))
     register_variant(v.replace(name="tiny_missing", adapter="org/not-there"), overwrite=True)
-    with pytest.raises(WeightsNotFoundError, match="distilldift convert CHECKPOINT --out DIR --variant tiny_missing"):
+    with pytest.raises(
+        WeightsNotFoundError, match="distilldift convert distilled_us.ckpt --out DIR --variant tiny_missing"
+    ):
         load_model("tiny_missing", cache_dir=tmp_path / "cache")
 
 
@@ -245,6 +247,21 @@ def test_push_to_hub_then_load(tiny_model, images, hub):
 
 def test_registered_variant_without_hub_says_how_to_convert(hub, tmp_path):
     with pytest.raises(
-        WeightsNotFoundError, match=r"`distilldift convert CHECKPOINT --out DIR --variant distilldift_ws`"
+        WeightsNotFoundError, match=r"`distilldift convert distilled_ws.ckpt --out DIR --variant distilldift_ws`"
     ):
         load_model("distilldift_ws", cache_dir=tmp_path)
+
+
+def test_a_folder_wins_over_a_variant_of_the_same_name(tiny_model, images, tmp_path, monkeypatch):
+    """`distilldift convert ... --out distilldift_us` then `--model distilldift_us` loads the converted folder."""
+    tiny_model.save_pretrained(tmp_path / "distilldift_us")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="loading the folder 'distilldift_us', not the registered variant"):
+        model = load_model("distilldift_us", merge=False)
+    assert torch.equal(feats(model, images), feats(tiny_model, images))
+
+
+@pytest.mark.parametrize("bad", [None, 5, ["lite"]])
+def test_load_model_rejects_non_names(bad):
+    with pytest.raises(InvalidInputError, match="expects a variant name, a model folder or a repo id, got"):
+        load_model(bad)

@@ -20,13 +20,17 @@ _EXPORTS: dict[str, str] = {
     # models
     "DEFAULT_VARIANT": "variants",
     "LoraSpec": "variants",
+    "ReleaseFile": "variants",
     "Variant": "variants",
     "get_variant": "variants",
     "list_variants": "variants",
     "register_variant": "variants",
     "DistillDiftModel": "model",
-    "create_model": "hub",
-    "load_model": "hub",
+    "create_model": "loading",
+    "load_model": "loading",
+    "weight_sources": "loading",
+    "fetch_weights": "loading",
+    "WeightSource": "loading",
     "push_to_hub": "hub",
     "save_pretrained": "hub",
     "export_timm": "hub",
@@ -55,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     # errors
     "CheckpointError": "errors",
     "DistillDiftError": "errors",
+    "DownloadError": "errors",
     "ImageLoadError": "errors",
     "InvalidInputError": "errors",
     "PointsOutsideImageError": "errors",
@@ -85,6 +90,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from .errors import (
         CheckpointError,
         DistillDiftError,
+        DownloadError,
         ImageLoadError,
         InvalidInputError,
         PointsOutsideImageError,
@@ -95,8 +101,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     )
     from .evaluation import EvalResult, evaluate
     from .features import Features, extract_features
-    from .hub import create_model, export_timm, load_model, push_to_hub, save_pretrained
+    from .hub import export_timm, push_to_hub, save_pretrained
     from .images import GridGeometry, load_image
+    from .loading import WeightSource, create_model, fetch_weights, load_model, weight_sources
     from .matching import (
         Matches,
         global_similarity,
@@ -106,6 +113,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         upsampled_similarity,
     )
     from .model import DistillDiftModel
-    from .variants import DEFAULT_VARIANT, LoraSpec, Variant, get_variant, list_variants, register_variant
+    from .variants import DEFAULT_VARIANT, LoraSpec, ReleaseFile, Variant, get_variant, list_variants, register_variant
     from .video import Tracks, track_video
     from .viz import draw_matches, draw_tracks, render_tracks

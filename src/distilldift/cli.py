@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -48,7 +49,7 @@ class ResizeChoice(str, Enum):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _user_errors(fn):
@@ -60,7 +61,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DistillDiftError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -114,7 +115,7 @@ def _grid_points(width: int, height: int, n: int) -> list[list[float]]:
 
 
 def _load(model: str, device: str | None):
-    from .hub import load_model
+    from .loading import load_model
 
     return load_model(model, device=device)
 
@@ -390,28 +391,59 @@ def push(
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
     """Upload a model folder to the Hugging Face Hub (log in first: `hf auth login`)."""
-    from .hub import load_model
+    from .loading import load_model
 
     model = load_model(folder, merge=False)
     url = model.push_to_hub(repo_id, format=format.value, private=private)
     console.print(f"pushed {folder} to {repo_id} ({format.value} format): {url}")
 
 
+CacheDirOpt = Annotated[
+    Path | None, typer.Option(help="Hugging Face cache folder (default: HF_HOME's); converted weights go inside.")
+]
+
+
 @app.command()
-def models() -> None:
-    """List the registered model variants."""
+@_user_errors
+def models(cache_dir: CacheDirOpt = None) -> None:
+    """List the registered model variants, where their weights come from, and whether they are cached."""
+    from .loading import weight_sources
     from .variants import DEFAULT_VARIANT, get_variant, list_variants
 
-    table = Table(title="distilldift model variants")
-    for col in ("name", "backbone", "input", "adapter"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("description")
+    table = Table(title="distilldift model variants", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("model", ratio=3)
+    table.add_column("weights from, in order (cached: *)", ratio=2, overflow="fold")
     for name in list_variants():
         v = get_variant(name)
-        label = f"{name} (default)" if name == DEFAULT_VARIANT else name
-        lora = f"LoRA r={v.lora.rank}" if v.lora else "-"
-        table.add_row(label, v.arch, f"{v.input_size} {v.resize}", lora, v.description)
+        label = f"{name}\n(default)" if name == DEFAULT_VARIANT else name
+        sources = weight_sources(v, cache_dir=cache_dir)
+        where = "\n".join(escape(s.describe()) + (" *" if s.cached else "") for s in sources)
+        table.add_row(label, escape(v.description), where)
     console.print(table)
+    console.print(
+        "* in the local cache: loads without network. `distilldift download NAME` fills the cache (the authors' "
+        "checkpoints are verified by their git blob id and converted once).",
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def download(
+    names: Annotated[list[str] | None, typer.Argument(help="Variant names (default: the default model).")] = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Fill the local cache with variants' weights (before going offline, or on a cluster's login node)."""
+    from .loading import fetch_weights
+    from .variants import DEFAULT_VARIANT, get_variant
+
+    names = names or [DEFAULT_VARIANT]
+    for name in names:
+        get_variant(name)  # an unknown name fails before any download
+    for name in names:
+        source = fetch_weights(name, cache_dir=cache_dir)
+        console.print(f"{name}: cached ({source.describe()})", highlight=False)
 
 
 def _version(value: bool) -> None:

@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 
 from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from .hub import base_state_dict, base_weights_file, build_model, save_pretrained
 from .variants import DEFAULT_VARIANT, Variant, get_variant
 
 __all__ = ["convert_checkpoint", "read_checkpoint", "split_official_state_dict"]
@@ -178,8 +179,6 @@ def convert_checkpoint(
         ``convert_checkpoint("distilled_us.ckpt", "distilldift_us")`` then ``load_model("distilldift_us")``
         (the folder) gives the authors' features exactly.
     """
-    from .hub import _base_state_dict, _base_weights_file, create_model, save_pretrained
-
     v = variant if isinstance(variant, Variant) else get_variant(variant)
     if v.lora is None or not v.lora.qv_only:
         raise InvalidInputError(f"variant {v.name!r} has no q/v LoRA adapter; pick one of the distilldift_* variants")
@@ -195,13 +194,14 @@ def convert_checkpoint(
     if rank != v.lora.rank:
         raise CheckpointError(f"{checkpoint}: LoRA rank {rank}, but variant {v.name!r} has rank {v.lora.rank}")
 
-    model = create_model(v.replace(weights=None, adapter=None))
+    bare = v.replace(weights=None, adapter=None, release=None)
+    model = build_model(bare, get=None, adapter_get=None, cache_dir=None, local_files_only=True)
     base_source = None
     if base is not None:
         base_file = str(base)
     else:
         try:
-            base_file = _base_weights_file(v.weights, None, cache_dir=cache_dir, local_files_only=local_files_only)
+            base_file = base_weights_file(v.weights, None, cache_dir=cache_dir, local_files_only=local_files_only)
             base_source = v.weights
         except WeightsNotFoundError as e:
             if not backbone:
@@ -210,7 +210,7 @@ def convert_checkpoint(
             base_file = None
     if base_file is not None:
         _load_backbone(model, _read_base(base_file), f"base weights {base_file}")
-    reference = {k: t.clone() for k, t in _base_state_dict(model).items()}
+    reference = {k: t.clone() for k, t in base_state_dict(model).items()}
     if backbone:
         _load_backbone(model, backbone, f"checkpoint {checkpoint}")
 
@@ -221,13 +221,13 @@ def convert_checkpoint(
     if result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: LoRA for blocks the model does not have: {result.unexpected_keys[:5]}")
 
-    changed = [k for k, t in _base_state_dict(model).items() if not torch.equal(t, reference[k])]
+    changed = [k for k, t in base_state_dict(model).items() if not torch.equal(t, reference[k])]
     keep_base = self_contained or base_source is None or bool(changed)
     if changed and not self_contained and base_source is not None:
         warnings.warn(
             f"{len(changed)} base tensors differ from {base_source} (e.g. {changed[0]}): saving them too", stacklevel=2
         )
-    model.variant = v.replace(weights=None if keep_base else base_source, adapter=None)
+    model.variant = v.replace(weights=None if keep_base else base_source, adapter=None, release=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -15,6 +15,7 @@ __all__ = [
     "PointsOutsideImageError",
     "UnknownVariantError",
     "WeightsNotFoundError",
+    "DownloadError",
     "CheckpointError",
     "VideoError",
 ]
@@ -56,6 +57,10 @@ class UnknownVariantError(InvalidInputError):
 
 class WeightsNotFoundError(DistillDiftError, FileNotFoundError):
     """Weights could not be found locally or downloaded."""
+
+
+class DownloadError(WeightsNotFoundError):
+    """A download failed (HTTP error, timeout, truncated transfer) or its content did not verify."""
 
 
 class CheckpointError(DistillDiftError, ValueError):

