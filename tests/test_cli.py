@@ -79,11 +79,27 @@ def test_help_of_every_command():
     assert run("--version").stdout.startswith("distilldift ")
 
 
-def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
+def run_here(*args, monkeypatch, capsys):
+    """The CLI's entry point in this process (no interpreter start): ``(exit code, stdout, stderr)``."""
+    from distilldift import cli
+
+    monkeypatch.setattr(sys, "argv", ["distilldift", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, capsys):
+    """Every user mistake: exit 2, one line on stderr with the message's key words, no traceback."""
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(good)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    foo = tmp_path / "foo.json"
+    foo.write_text('{"foo": 1}')
     train = ("train", "--recipe", "tiny", "--data", tmp_path, "--out", tmp_path / "r", "--override", "steps=3")
     cases = [
         (("match", bad, good, "--model", lite_folder), "could not decode"),
@@ -93,6 +109,39 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
         (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
         ((*train, "stepz=3"), "unknown recipe keys ['stepz']"),
         ((*train, "photos/"), "unexpected argument(s) ['photos/']: recipe settings are key=value after --override"),
+        # outputs and devices are checked before any work
+        (
+            ("match", good, good, "--model", lite_folder, "--out", tmp_path / "nodir" / "m.png"),
+            "does not exist; create",
+        ),
+        (("match", good, good, "--model", lite_folder, "--out", tmp_path / "m.xyz"), "unsupported file type '.xyz'"),
+        (("match", good, good, "--model", lite_folder, "--json", tmp_path / "nodir" / "m.json"), "folder"),
+        (("match", good, good, "--model", lite_folder, "--json", tmp_path / "m.txt"), "use one of .json"),
+        (("extract", good, "--model", lite_folder, "--out", tmp_path / "nodir" / "f.safetensors"), "does not exist"),
+        (("match", good, good, "--model", lite_folder, "--device", "foo"), "unknown device 'foo'; use cpu, cuda"),
+        (("track", good, "--model", lite_folder, "--render", tmp_path / "x.gif"), "unsupported file type '.gif'"),
+        (("track", good, "--model", lite_folder, "--render", tmp_path / "nodir" / "x.mp4"), "does not exist"),
+        (("track", good, "--model", lite_folder, "--out", tmp_path / "v.txt"), "use one of .json, .csv"),
+        (("eval", "--dataset", "cub", "--root", tmp_path, "--out", tmp_path / "r.csv"), "use one of .json"),
+        # nonsense values
+        (("match", good, good, "--model", lite_folder, "--size", "0"), "Invalid value for '--size'"),
+        (("match", good, good, "--model", lite_folder, "--size", "-5"), "Invalid value for '--size'"),
+        (("match", good, good, "--model", lite_folder, "--size", "5"), "size must be a whole number of pixels >= 64"),
+        (("match", good, good, "--model", lite_folder, "--grid", "0"), "Invalid value for '--grid'"),
+        (("match", good, good, "--model", lite_folder, "--grid", "-3"), "Invalid value for '--grid'"),
+        (("match", good, good, "--model", lite_folder, "--points", ""), "--points was given but holds no point"),
+        (("match", tiny, good, "--model", lite_folder), "is 1x1 pixels: too small to match in"),
+        (("eval", "--dataset", "cub", "--root", tmp_path, "--limit", "-5"), "Invalid value for '--limit'"),
+        (("eval", "--dataset", "cub", "--root", tmp_path, "--limit", "0"), "Invalid value for '--limit'"),
+        ((*train, "steps=-1"), "steps must be >= 1, got -1"),
+        ((*train, "steps=1.5"), "steps must be a whole number, got 1.5"),
+        # messages keep bracketed text; a malformed option is one line
+        (("match", good, good, "--model", lite_folder, "-p", "nan,nan"), "points[0] = [nan, nan] is not finite"),
+        (("match", good, good, "--model", lite_folder, "--points-file", foo), "expected a JSON list of [x, y] or"),
+        (("match", good, good, "--model", lite_folder, "-p", "1,2,3"), "'1,2,3' is not a point; write x,y"),
+        (("match", good, good, "--method", "foo"), "'foo' is not one of 'nn', 'soft'"),
+        (("match", good, good, "-p", "1;2"), "is not a point"),
+        (("nope",), "No such command 'nope'"),
         (("download", "nope"), "unknown model variant 'nope'"),
         (("download", "distilldift_us_3d"), "no pretrained weights are published for 'distilldift_us_3d'"),
         # the Hub (local test server) has no adapter repo; the release mirror (local, empty) answers 404
@@ -103,12 +152,13 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder):
         ),
     ]
     for args, message in cases:
+        code, out, err = run_here(*args, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 2, (args, out, err)
+        assert message in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    for args, message in cases[:2] + cases[-6:-3]:  # the installed command, as a user runs it
         r = run(*args)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert message in r.stderr and "Traceback" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run("match", good, good, "-p", "1;2")
-    assert r.returncode == 2 and "is not a point" in r.stderr
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 @requires_shared

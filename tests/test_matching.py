@@ -152,3 +152,18 @@ def test_bfloat16_model_gives_close_features(tiny_model):
     f16 = extract_features(img, tiny_model, size=98).features
     assert f16.dtype == torch.float32  # features come back as float32 whatever the model's dtype
     assert (f32 * f16).sum(1).min() > 0.98  # cosine similarity per location
+
+
+@pytest.mark.parametrize("size", [0, -5, 27, 1.5, True, "434"])
+def test_size_is_checked_in_the_library(size):
+    """Python users get the CLI's errors: a size below two feature cells (2 x 14 px here) is refused."""
+    from conftest import TINY
+    from distilldift import InvalidInputError, create_model, extract_features, match_points
+
+    model = create_model("dinov2_b14_reg", **TINY)
+    img = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(InvalidInputError, match=r"size must be a whole number of pixels >= 28 \(two feature cells"):
+        match_points(img, img, [[10, 10]], model=model, size=size)
+    with pytest.raises(InvalidInputError, match="size must be"):
+        extract_features(img, model, size=size)
+    assert extract_features(img, model, size=28).features.shape[-2:] == (2, 2)

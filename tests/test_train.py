@@ -283,3 +283,43 @@ def test_mixed_precision_computes_the_same_losses(data, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in logs["bf16"])
     with pytest.raises(InvalidInputError, match="mixed_precision must be 'auto', 'bf16' or 'no', got 'fp8'"):
         trainer_module.train(apply_overrides(config, ['mixed_precision="fp8"']), data, tmp_path / "x")
+
+
+def test_runs_are_never_overwritten_and_resume_by_content(data, tmp_path, monkeypatch):
+    quiet = {"log": lambda *_: None}
+    config = apply_overrides(load_recipe("tiny"), [*MICRO, "steps=3"])
+    run = tmp_path / "run"
+    folder = trainer_module.train(config, data, run, recipe="tiny", **quiet)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(InvalidInputError, match=r"already holds a training run \(checkpoint.pt, log.jsonl, model\); "
+                       r"pass --resume to continue it, --overwrite to start again"):  # fmt: skip
+        trainer_module.train(config, data, run, **quiet)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
+    with pytest.raises(InvalidInputError, match="already reached step 3 and steps=3; to extend it, pass a larger"):
+        trainer_module.train(config, data, run, resume=True, **quiet)
+    with pytest.raises(InvalidInputError, match="no checkpoint at"):
+        trainer_module.train(config, data, tmp_path / "fresh", resume=True, **quiet)
+
+    # extend the run to 6 steps, with the data folder spelled differently (relative): same as 6 steps straight
+    six = apply_overrides(config, ["steps=6"])
+    monkeypatch.chdir(data.parent)
+    extended = trainer_module.train(six, Path(data.name), run, resume=True, recipe="tiny", **quiet)
+    straight = trainer_module.train(six, data, tmp_path / "six", **quiet)
+    a, b = _weights(straight), _weights(extended)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+    # the trained folder says what it is, at the size it was trained at, readable by others
+    saved = json.loads((extended / "distilldift_config.json").read_text())["variant"]
+    assert saved["name"] == "run" and saved["input_size"] == 112 and saved["resize"] == "stretch"
+    assert "distilled from lite by distilldift train --recipe tiny, 6 steps at 112x112" in saved["description"]
+    assert saved["license"].startswith("Learned from its teachers; their terms apply: lite: Apache-2.0")
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [*extended.iterdir(), run / "checkpoint.pt"]:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+
+    fresh = trainer_module.train(config, data, run, overwrite=True, **quiet)  # --overwrite starts again
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert all(torch.equal(v, _weights(folder)[k]) for k, v in _weights(fresh).items())

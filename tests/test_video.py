@@ -1,6 +1,7 @@
 """track_video: known synthetic motion, a real video, every input kind, bad inputs, CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_save_and_cli(tmp_path, synthetic, lite_model):
     assert np.allclose(data["points"], tracks.points.numpy(), atol=1e-4) and data["query_frame"] == 0
     rows = (tracks.save(tmp_path / "t.csv")).read_text().splitlines()
     assert rows[0] == "frame,point,x,y,score,visible" and len(rows) == 1 + 4 * 3
-    with pytest.raises(InvalidInputError, match=".json or .csv"):
+    with pytest.raises(InvalidInputError, match="unsupported file type ..txt.; use one of .json, .csv"):
         tracks.save(tmp_path / "t.txt")
 
     for t in range(8):
@@ -168,3 +169,38 @@ def test_save_and_cli(tmp_path, synthetic, lite_model):
     assert len(rendered) == 8 and rendered[0].shape == (3, 192, 256)
     r = subprocess.run(cmd[:3] + ["-p", "999,1", "--model", str(folder)], capture_output=True, text=True)
     assert r.returncode == 2 and "outside the 256x192 image" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_interrupted_render_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of render_tracks: nothing at the final path, no temporary file left."""
+    pytest.importorskip("av")
+    import distilldift.viz as viz
+    from distilldift import render_tracks
+
+    frames = torch.rand(6, 3, 32, 48)
+    tracks = Tracks(points=torch.full((6, 1, 2), 10.0), scores=torch.ones(6, 1), visible=torch.ones(6, 1, dtype=bool),
+                    query=torch.tensor([[10.0, 10.0]]), query_frame=0, fps=5.0, image_size=(48, 32))  # fmt: skip
+    real, calls = viz.draw_tracks, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(viz, "draw_tracks", dying)
+    with pytest.raises(KeyboardInterrupt):
+        render_tracks(frames, tracks, tmp_path / "overlay.mp4")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(viz, "draw_tracks", real)
+    assert render_tracks(frames, tracks, tmp_path / "overlay.mp4") == str(tmp_path / "overlay.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["overlay.mp4"] and (tmp_path / "overlay.mp4").stat().st_size > 0
+    assert oct((tmp_path / "overlay.mp4").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(InvalidInputError, match=r"unsupported file type '.gif'; use one of .mp4, .mkv, .mov"):
+        render_tracks(frames, tracks, tmp_path / "x.gif")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -99,11 +99,13 @@ def _read_points_file(path: Path) -> list[list[float]]:
 def _collect_points(values, points_file, grid: int, first_image) -> list[list[float]]:
     """Points from --points and --points-file; with none, a grid x grid spread over ``first_image()`` (3, H, W)."""
     pts = _parse_points(values or [])
+    if values and not pts:
+        raise InvalidInputError("--points was given but holds no point; write x,y (pixels), e.g. --points 120,80")
     if points_file is not None:
         pts += _read_points_file(points_file)
     if not pts:
         img = first_image()
-        pts = _grid_points(img.shape[-1], img.shape[-2], max(1, grid))
+        pts = _grid_points(img.shape[-1], img.shape[-2], grid)
     return pts
 
 
@@ -120,11 +122,22 @@ def _load(model: str, device: str | None):
     return load_model(model, device=device)
 
 
+def _check_outputs(device: str | None, *outputs: tuple[Path | None, tuple[str, ...] | None, str]) -> None:
+    """Check the device and every output path before any work (a typo fails in a second, not after the work)."""
+    from .files import check_output
+    from .loading import check_device
+
+    check_device(device)
+    for path, suffixes, what in outputs:
+        if path is not None:
+            check_output(path, suffixes, what)
+
+
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Variant name (see `distilldift models`), model folder, or Hub repo id.")
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda (default: cpu).")]
-SizeOpt = Annotated[int | None, typer.Option(help="Model input size in pixels (default: the variant's).")]
+SizeOpt = Annotated[int | None, typer.Option(min=1, help="Model input size in pixels (default: the variant's).")]
 ResizeOpt = Annotated[ResizeChoice | None, typer.Option(help="Resize mode (default: the variant's).")]
 
 
@@ -138,7 +151,7 @@ def match(
         typer.Option("--points", "-p", help="Query point x,y in image1 pixels; repeat, or quote several: '1,2 3,4'."),
     ] = None,
     points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
-    grid: Annotated[int, typer.Option(help="With no points: an N x N spread of points over image1.")] = 4,
+    grid: Annotated[int, typer.Option(min=1, help="With no points: an N x N spread of points over image1.")] = 4,
     model: ModelOpt = "distilldift_us",
     method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
     flip: Annotated[FlipChoice, typer.Option(help="Match the mirrored image1: no, yes, auto (pose-align).")] = (
@@ -153,8 +166,9 @@ def match(
     """Find the points of IMAGE2 that correspond to points of IMAGE1."""
     from .images import load_image
     from .matching import match_points
-    from .viz import draw_matches
+    from .viz import draw_matches, image_formats
 
+    _check_outputs(device, (out, image_formats(), "--out"), (json_out, (".json",), "--json"))
     a, b = load_image(image1), load_image(image2)
     pts = _collect_points(points, points_file, grid, lambda: a)
     net = _load(model, device)
@@ -186,7 +200,10 @@ def match(
             "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
             **m.to_dict(),
         }
-        json_out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        from .files import atomic_path
+
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {json_out}")
 
 
@@ -208,7 +225,9 @@ def extract(
     from safetensors.torch import save_file
 
     from .features import extract_features
+    from .files import atomic_path
 
+    _check_outputs(device, (out, (".safetensors",), "--out"))
     net = _load(model, device)
     tensors, meta = {}, []
     for i, path in enumerate(images):
@@ -216,7 +235,8 @@ def extract(
         g = f.geometry[0]
         tensors[f"features.{i}"] = f.features[0].cpu().contiguous()
         meta.append({"image": str(path), "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
-    save_file(tensors, str(out), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
     console.print(f"wrote {out} ({len(images)} feature maps)")
 
 
@@ -229,7 +249,9 @@ def track(
         typer.Option("--points", "-p", help="Point x,y on the query frame; repeat, or quote several: '1,2 3,4'."),
     ] = None,
     points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
-    grid: Annotated[int, typer.Option(help="With no points: an N x N spread of points over the query frame.")] = 3,
+    grid: Annotated[
+        int, typer.Option(min=1, help="With no points: an N x N spread of points over the query frame.")
+    ] = 3,
     query_frame: Annotated[int, typer.Option(help="Index of the frame the points are on.")] = 0,
     model: ModelOpt = "distilldift_us",
     batch_size: Annotated[
@@ -245,9 +267,10 @@ def track(
     """Follow points placed on one frame through a whole VIDEO."""
     import time
 
-    from .video import iter_frames, track_video
-    from .viz import render_tracks
+    from .video import TRACK_FORMATS, iter_frames, track_video
+    from .viz import VIDEO_FORMATS, render_tracks
 
+    _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"))
     pts = _collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
     net = _load(model, device)
     start = time.perf_counter()
@@ -289,7 +312,7 @@ def eval_(
     root: Annotated[Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW or CUB_200_2011).")],
     model: ModelOpt = "distilldift_us",
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
     method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
     flip: Annotated[FlipChoice, typer.Option(help="Pose-align: no, yes, auto.")] = FlipChoice.no,
     size: SizeOpt = None,
@@ -301,6 +324,7 @@ def eval_(
     from .datasets import read_dataset
     from .evaluation import evaluate, save_result
 
+    _check_outputs(device, (out, (".json",), "--out"))
     data = read_dataset(dataset.value, root, split)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
@@ -308,10 +332,10 @@ def eval_(
         data, net, method=method.value, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
     )
     table = Table(title=f"{dataset.value} ({model}): PCK per category, per-point average within each")
-    table.add_column("category", no_wrap=True)
+    table.add_column("category", overflow="fold")
     for kind in ("img", "bbox"):
         for a in r.alphas:
-            table.add_column(f"{kind}@{a:g}", justify="right")
+            table.add_column(f"{kind}\n@{a:g}", justify="right", no_wrap=True)  # two short lines: fits 80 columns
     rows = [(c, v) for c, v in r.categories.items()]
     rows += [("mean over categories", r.per_category), ("all points", r.per_point), ("mean over pairs", r.per_pair)]
     for name, values in rows:
@@ -335,7 +359,10 @@ def train(
         list[str] | None,
         typer.Option(help="Recipe key=value (JSON values), one or more: --override steps=100 lr=1e-3."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT/checkpoint.pt (a larger steps extends the run).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start again in an OUT that holds a run (deletes it).")] = False,
 ) -> None:
     """Distil teachers into a student (multi-GPU / multi-node: launch with torchrun)."""
     from .recipes.config import apply_overrides, load_recipe
@@ -350,7 +377,17 @@ def train(
             "(e.g. --override steps=100 lr=1e-3); see `distilldift train --help`"
         )
     config = apply_overrides(load_recipe(recipe), [*(override or []), *extra])
-    folder = run(config, data, out, resume=resume, log=console.print)
+    name = Path(recipe).stem if recipe.endswith(".json") else recipe
+    try:
+        folder = run(config, data, out, resume=resume, overwrite=overwrite, recipe=name, log=console.print)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: checkpoints are written every {config.checkpoint_every} steps to "
+            f"{escape(str(out / 'checkpoint.pt'))}; continue with the same command and --resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     console.print(f"wrote {folder}")
 
 
@@ -461,9 +498,28 @@ def _root(
     """Semantic correspondence with DistillDIFT."""
 
 
+# click's UsageError (typer vendors click, so it is reached through a public subclass)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point: usage mistakes print one line and exit with status 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="distilldift", standalone_mode=False)
+    except _UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `distilldift` / `distilldift CMD`: the help text
+            console.print(e.format_message(), markup=False, highlight=False)
+            sys.exit(0)
+        where = f"`{e.ctx.command_path} --help`" if e.ctx is not None else "`distilldift --help`"
+        err_console.print(
+            f"[bold red]error:[/] {escape(e.format_message())} (see {where})", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 
 from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from .files import readable_by_others
 from .hub import base_state_dict, base_weights_file, build_model, save_pretrained
 from .variants import DEFAULT_VARIANT, Variant, get_variant
 
@@ -232,6 +233,7 @@ def convert_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         save_pretrained(model, tmp, save_base=keep_base)
+        readable_by_others(tmp)  # mkdtemp makes it private (0700)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -20,6 +20,7 @@ import torch
 from .datasets import PairDataset
 from .errors import InvalidInputError
 from .features import Features, _extract, _resolve
+from .files import atomic_path, check_output
 from .images import load_image
 from .matching import flip_queries, global_similarity, match_features
 from .model import DistillDiftModel
@@ -140,6 +141,8 @@ def evaluate(
     """
     if flip not in (True, False, "auto"):
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"limit must be a positive number of pairs (or None for all), got {limit!r}")
     model = _resolve(model)
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     alphas = tuple(float(a) for a in alphas)
@@ -215,6 +218,7 @@ def save_result(result: EvalResult, path: str | os.PathLike) -> Path:
     """Write :meth:`EvalResult.to_dict` as JSON."""
     import json
 
-    path = Path(path)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    path = check_output(path, (".json",), "results file")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path

@@ -34,6 +34,7 @@ from huggingface_hub.utils import (
 from safetensors.torch import save_file
 
 from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from .files import readable_by_others
 from .lite import lite0_weights_file
 from .model import DistillDiftModel, build_backbone
 from .variants import Variant
@@ -346,6 +347,7 @@ def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_model_card(variant), encoding="utf-8")
         for f in tmp.iterdir():
+            readable_by_others(f)
             os.replace(f, folder / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -141,7 +141,8 @@ def load_image(image: ImageInput) -> torch.Tensor:
         ``(3, H, W)`` float32 tensor in [0, 1] on the CPU.
 
     Raises:
-        ImageLoadError: missing, empty or undecodable file. ShapeError / InvalidInputError: bad array.
+        ImageLoadError: missing, empty or undecodable file. ShapeError / InvalidInputError: bad array, or an
+        image smaller than 2 x 2 pixels (nothing to match in).
 
     Example:
         >>> import numpy as np
@@ -150,14 +151,21 @@ def load_image(image: ImageInput) -> torch.Tensor:
         torch.Size([3, 4, 6])
     """
     if isinstance(image, (str, os.PathLike)):
-        return _from_path(image)
-    if isinstance(image, Image.Image):
-        return _from_pil(image)
-    if isinstance(image, np.ndarray):
-        return _from_numpy(image)
-    if isinstance(image, torch.Tensor):
-        return _from_tensor(image)
-    raise InvalidInputError(f"unsupported image type {type(image).__name__}; accepted: {_ACCEPTED}")
+        t, what = _from_path(image), f"image {str(image)!r}"
+    elif isinstance(image, Image.Image):
+        t, what = _from_pil(image), "PIL image"
+    elif isinstance(image, np.ndarray):
+        t, what = _from_numpy(image), "numpy image"
+    elif isinstance(image, torch.Tensor):
+        t, what = _from_tensor(image), "image tensor"
+    else:
+        raise InvalidInputError(f"unsupported image type {type(image).__name__}; accepted: {_ACCEPTED}")
+    if min(t.shape[-2:]) < MIN_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{what} is {t.shape[-1]}x{t.shape[-2]} pixels: too small to match in; use at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
+    return t
 
 
 def load_images(images: ImageInput | Sequence[ImageInput]) -> list[torch.Tensor]:
@@ -171,6 +179,9 @@ def load_images(images: ImageInput | Sequence[ImageInput]) -> list[torch.Tensor]
     return [load_image(images)]
 
 
+MIN_IMAGE_SIDE = 2  # pixels
+
+
 def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
@@ -180,12 +191,18 @@ def input_size_for(image_size: tuple[int, int], size: int, resize: str, multiple
 
     ``"stretch"``: ``size x size``; ``"keep_aspect"``: the long side is ``size`` and the short side keeps the
     aspect ratio. Both sides are rounded to the nearest multiple of ``multiple`` (at least one multiple).
+    ``size`` must be a whole number of at least ``2 * multiple`` pixels (two feature cells).
 
     Example:
         >>> from distilldift.images import input_size_for
         >>> input_size_for((640, 480), 434, "keep_aspect", 14)
         (434, 322)
     """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2 * multiple:
+        raise InvalidInputError(
+            f"size must be a whole number of pixels >= {2 * multiple} (two feature cells of {multiple} px), "
+            f"got {size!r}"
+        )
     if resize == "stretch":
         s = _round_to(size, multiple)
         return (s, s)

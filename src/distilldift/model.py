@@ -181,7 +181,7 @@ class DistillDiftModel(nn.Module):
 
     def geometry(self, image_size: tuple[int, int], size: int | None = None, resize: str | None = None) -> GridGeometry:
         """The :class:`GridGeometry` of an image of ``image_size = (W, H)`` at this model's (or the given) settings."""
-        size = self.variant.input_size if size is None else int(size)
+        size = self.variant.input_size if size is None else size
         resize = self.variant.resize if resize is None else resize
         w, h = input_size_for(image_size, size, resize, self.size_multiple)
         return GridGeometry(image_size=image_size, input_size=(w, h), grid_size=(w // self.stride, h // self.stride))

@@ -22,6 +22,7 @@ import torch
 
 from .errors import InvalidInputError, VideoError
 from .features import _resolve
+from .files import atomic_path, check_output
 from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image, preprocess
 from .matching import _check_method, _locate, _match_local, _radius, _Upsampler, sample_features
 from .model import DistillDiftModel
@@ -31,6 +32,8 @@ __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
 VideoInput = str | os.PathLike | Sequence[ImageInput] | torch.Tensor | np.ndarray
 _LOCAL_CELLS = 2.0  # coarse-to-fine: exact similarity within this many feature cells of the best cell
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+TRACK_FORMATS = (".json", ".csv")  # Tracks.save
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,12 @@ class Tracks:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``.json`` (see :meth:`to_dict`) or ``.csv`` (``frame,point,x,y,score,visible`` rows)."""
-        path = Path(path)
+        path = check_output(path, TRACK_FORMATS, "tracks file")
+        with atomic_path(path) as tmp:
+            self._write(tmp)
+        return path
+
+    def _write(self, path: Path) -> None:
         if path.suffix.lower() == ".csv":
             lines = ["frame,point,x,y,score,visible"]
             for t in range(self.points.shape[0]):
@@ -86,9 +94,6 @@ class Tracks:
             import json
 
             path.write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
-        else:
-            raise InvalidInputError(f"tracks can be saved as .json or .csv, got {path.name!r}")
-        return path
 
 
 def _natural_key(p: Path) -> list:

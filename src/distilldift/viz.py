@@ -8,9 +8,24 @@ import os
 import torch
 from PIL import Image, ImageDraw
 
+from .files import atomic_path, check_output
 from .images import ImageInput, as_points, load_image
 
-__all__ = ["draw_matches", "draw_tracks", "render_tracks", "palette"]
+__all__ = ["draw_matches", "draw_tracks", "render_tracks", "palette", "image_formats", "VIDEO_FORMATS"]
+
+VIDEO_FORMATS = (".mp4", ".mkv", ".mov")  # render_tracks: H.264 in these containers
+
+
+def image_formats() -> tuple[str, ...]:
+    """File extensions Pillow can write (``draw_matches(out=...)``), e.g. ``(".bmp", ..., ".png", ...)``.
+
+    Example:
+        >>> from distilldift.viz import image_formats
+        >>> {".png", ".jpg"} <= set(image_formats())
+        True
+    """
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE))
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
@@ -86,7 +101,9 @@ def draw_matches(
             box = [x - r, y - r, x + r, y + r]
             draw.ellipse(box, fill=color if keep[i] else None, outline=(0, 0, 0) if keep[i] else color, width=1)
     if out is not None:
-        canvas.save(out)
+        out = check_output(out, image_formats(), "drawing")
+        with atomic_path(out) as tmp:
+            canvas.save(tmp)
     return canvas
 
 
@@ -127,9 +144,9 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
 
     from .video import iter_frames
 
-    out = str(out)
+    out = check_output(out, VIDEO_FORMATS, "video output")
     rate = fps or tracks.fps or 10.0
-    with av.open(out, mode="w") as container:
+    with atomic_path(out) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=round(rate))
         stream.pix_fmt = "yuv420p"
         w, h = tracks.image_size
@@ -144,4 +161,4 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return out
+    return str(out)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import InvalidInputError
+from ..files import atomic_path
 from ..images import load_image
 from .teachers import Teacher
 
@@ -33,10 +33,8 @@ INDEX = "index.json"
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
 def build_teacher_cache(
@@ -103,10 +101,8 @@ def build_teacher_cache(
             feats = teacher(batch, grid, cats)
             parts.append(feats.to("cpu", torch.float16).contiguous())
         name = f"shard-{start // shard_size:05d}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        os.close(fd)
-        save_file({"features": torch.cat(parts)}, tmp)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            save_file({"features": torch.cat(parts)}, str(tmp))
         shards.append({"file": name, "start": start, "count": stop - start})
         _write_json(index_path, {**config, "shards": sorted(shards, key=lambda s: s["start"])})
         if progress:

@@ -52,6 +52,36 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# bounds of numeric settings: (lowest, highest, lowest allowed itself)
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "steps": (1, float("inf"), True),
+    "batch_size": (1, float("inf"), True),
+    "checkpoint_every": (1, float("inf"), True),
+    "cache_batch_size": (1, float("inf"), True),
+    "copies": (1, float("inf"), True),
+    "k": (1, float("inf"), True),
+    "image_size": (1, float("inf"), True),
+    "lr_step": (1, float("inf"), True),
+    "distill_start": (0, float("inf"), True),
+    "lr": (0, float("inf"), False),
+    "temperature": (0, float("inf"), False),
+    "lr_gamma": (0, float("inf"), False),
+    "weight_decay": (0, float("inf"), True),
+    "distill_weight": (0, float("inf"), True),
+    "hint_weight": (0, float("inf"), True),
+    "lora_dropout": (0, 1, True),
+    "self_pairs": (0, 1, True),
+}
+
+
+def _check_range(key: str, value: float) -> None:
+    low, high, closed = _RANGES.get(key, (float("-inf"), float("inf"), True))
+    if not (value >= low if closed else value > low) or value > high:
+        bound = f">= {low:g}" if closed else f"> {low:g}"
+        bound += f" and <= {high:g}" if high != float("inf") else ""
+        raise InvalidInputError(f"{key} must be {bound}, got {value!r}")
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes shipped with distilldift."""
     return sorted(
@@ -101,6 +131,9 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> 
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise InvalidInputError(f"{key} must be a number, got {value!r}")
+            if isinstance(default, int) and value != int(value):
+                raise InvalidInputError(f"{key} must be a whole number, got {value!r}")
             value = type(default)(value)
+            _check_range(key, value)
         setattr(out, key, value)
     return out

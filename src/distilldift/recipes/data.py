@@ -37,8 +37,8 @@ class TrainImages:
     """``len(base) * copies`` entries; entry ``e`` is copy ``e % copies`` of image ``e // copies``."""
 
     def __init__(self, root: str | Path, *, size: int, copies: int = 1, augment: bool = False, seed: int = 0):
-        self.root = Path(root)
-        self.base = find_images(root)
+        self.root = Path(root).resolve()  # one spelling per folder: a resumed run finds its teacher cache
+        self.base = find_images(self.root)
         self.size, self.copies, self.augment, self.seed = size, max(1, copies), augment, seed
         cats_file = self.root / "categories.json"  # optional: {"relative/path.jpg": "category", ...}
         cats = json.loads(cats_file.read_text(encoding="utf-8")) if cats_file.exists() else {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InvalidInputError
+from ..files import atomic_path
 from ..hub import build_model
 from ..images import preprocess
 from ..loading import load_model
-from ..variants import get_variant
+from ..variants import get_variant, list_variants
 from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
 from .data import TrainImages
@@ -46,10 +47,72 @@ def _teacher(name: str, device: torch.device):
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+RUN_FILES = (CHECKPOINT, "log.jsonl", "model")  # what a run leaves in its out folder (besides the teacher cache)
+
+
+def _check_run_folder(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool, remove: bool) -> dict | None:
+    """Refuse to overwrite a run by accident; read and check the checkpoint to resume from (before any work)."""
+    if resume and overwrite:
+        raise InvalidInputError("--resume and --overwrite exclude each other: continue the run, or start it again")
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.is_file():
+            raise InvalidInputError(f"--resume: no checkpoint at {str(ckpt_path)!r}; start the run without --resume")
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or foreign files
+            raise InvalidInputError(
+                f"--resume: cannot read {str(ckpt_path)!r} ({e}); start again with --overwrite"
+            ) from None
+        saved, now = dict(ckpt["config"]), config.to_dict()
+        changed = sorted(k for k, v in now.items() if saved.get(k) != v and k != "steps")
+        if changed:
+            raise InvalidInputError(f"--resume: the checkpoint was written with other settings: {changed}")
+        if config.steps <= ckpt["step"]:
+            raise InvalidInputError(
+                f"--resume: the run already reached step {ckpt['step']} and steps={config.steps}; to extend it, "
+                f"pass a larger steps (--override steps=N)"
+            )
+        return ckpt
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise InvalidInputError(
+            f"{str(out)!r} already holds a training run ({', '.join(held)}); pass --resume to continue it, "
+            "--overwrite to start again, or choose another --out"
+        )
+    if held and remove:
+        for name in held:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return None
+
+
+def _trained_variant(variant, config: TrainConfig, recipe: str, out: Path):
+    """The student's variant relabelled as what it now is: name, description, licence, training input size."""
+    teachers = ", ".join(config.teachers)
+    notes = []
+    for name in config.teachers:
+        if name == "sdxl_turbo":
+            notes.append("SDXL-Turbo: Stability AI non-commercial research community licence")
+        elif name in list_variants() and get_variant(name).license:
+            notes.append(f"{name}: {get_variant(name).license}")
+    init = {"random": "random-init", "pretrained": "pretrained"}.get(config.student_init, config.student_init)
+    description = (
+        f"{variant.arch} ({init} {config.student}) distilled from {teachers} by distilldift train"
+        + (f" --recipe {recipe}" if recipe else "")
+        + f", {config.steps} steps at {config.image_size}x{config.image_size}"
+    )
+    return variant.replace(
+        name=out.resolve().name,
+        description=description,
+        license="Learned from its teachers; their terms apply: " + "; ".join(notes) if notes else "",
+        input_size=config.image_size,
+        resize="stretch",
+    )
 
 
 def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainConfig, step: int):
@@ -74,13 +137,17 @@ def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainCo
 
 
 def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
-          log=print) -> Path:  # fmt: skip
+          overwrite: bool = False, recipe: str = "", log=print) -> Path:  # fmt: skip
     """Distil the teachers of ``config`` into its student on the images below ``data``; write results to ``out``.
 
     ``out`` receives ``teacher-cache/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``log.jsonl``
     (one line per step: the total ``loss``, each unweighted term - ``distill``, the paper's similarity loss, and
     ``hint`` when ``hint_weight > 0`` - and ``lr``) and ``model/`` (the trained model, for ``load_model``).
-    With ``resume=True`` training continues from ``checkpoint.pt`` (``log.jsonl`` is cut back to its step).
+    With ``resume=True`` training continues from ``checkpoint.pt`` (``log.jsonl`` is cut back to its step); the
+    checkpoint is checked before any cache work, and ``steps`` may be larger than the run's (extending it: the
+    schedule is per step, so an extended run equals one started with the larger ``steps``). An ``out`` that holds
+    a run is refused unless ``resume`` or ``overwrite`` (which deletes the run's checkpoint, log and model).
+    ``recipe`` (its name) is recorded in the model folder's description.
     Under ``torchrun`` every process takes its share of each step's pairs and gradients are averaged (torch DDP),
     which equals one process taking them all.
 
@@ -97,6 +164,8 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    ckpt = _check_run_folder(out, config, resume=resume, overwrite=overwrite, remove=rank == 0)
     out.mkdir(parents=True, exist_ok=True)
     if config.batch_size % world:
         raise InvalidInputError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
@@ -161,11 +230,12 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     # 3. teacher cache: teachers run once (rank 0), training reads only the cache (and hints their cheap teacher)
     cache_dir = out / "teacher-cache"
     if rank == 0:
+        log(f"teacher cache: {', '.join(config.teachers)} over {len(images)} images into {cache_dir} (resumable)")
         teacher = EnsembleTeacher([_teacher(t, device) for t in config.teachers]).to(device)
         categories = [images.categories[e // images.copies] for e in range(len(images))]
         build_teacher_cache(teacher, images.ids(), cache_dir, grid=grid,
                             image_size=(config.image_size, config.image_size), categories=categories,
-                            batch_size=config.cache_batch_size, loader=images.load_id)  # fmt: skip
+                            batch_size=config.cache_batch_size, loader=images.load_id, progress=True)  # fmt: skip
         del teacher
     if dist.is_initialized():
         dist.barrier()
@@ -192,14 +262,7 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     opt = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_gamma)
     start = 0
-    ckpt_path = out / CHECKPOINT
-    if resume:
-        if not ckpt_path.exists():
-            raise InvalidInputError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["config"] != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if ckpt["config"].get(k) != v)
-            raise InvalidInputError(f"--resume: the checkpoint was written with other settings: {changed}")
+    if ckpt is not None:
         with torch.no_grad():
             for n, p in trainable.items():
                 p.copy_(ckpt["trainable"][n])
@@ -261,10 +324,11 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     if log_file is not None:
         log_file.close()
 
-    # 7. the result: a model folder
+    # 7. the result: a model folder that says what it is
     folder = out / "model"
     if rank == 0:
         student.eval().requires_grad_(False)
+        student.variant = _trained_variant(student.variant, config, recipe, out)
         student.save_pretrained(folder, save_base=config.student_init == "random" or config.train == "full")
     if dist.is_initialized():
         dist.barrier()

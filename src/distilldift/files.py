@@ -1,0 +1,99 @@
+"""Output files: checked before any work, written atomically (a temporary file beside the target, then a rename).
+
+An interrupted write (an error, Ctrl-C, a full disk) never leaves a partial file at the final path, and files get
+the usual permissions (``0666`` minus the umask, e.g. ``0644``), not the ``0600`` of ``tempfile.mkstemp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+__all__ = ["check_output", "atomic_path", "readable_by_others"]
+
+
+def check_output(path: str | os.PathLike, suffixes: Iterable[str] | None = None, what: str = "output") -> Path:
+    """Check that ``path`` can be written: its folder exists and its extension is one of ``suffixes``.
+
+    Call it before computing what goes into the file, so a typo fails in a second, not after the work.
+
+    Args:
+        path: the output file.
+        suffixes: accepted extensions, lower case with the dot (e.g. ``(".json", ".csv")``); ``None``: any.
+        what: what the file is, for the message (e.g. ``"--json"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InvalidInputError: with what is wrong and how to fix it.
+
+    Example:
+        >>> from distilldift.files import check_output
+        >>> check_output("tracks.csv", (".json", ".csv")).name
+        'tracks.csv'
+        >>> check_output("tracks.txt", (".json", ".csv"), "--out")
+        Traceback (most recent call last):
+        ...
+        distilldift.errors.InvalidInputError: --out 'tracks.txt': unsupported file type '.txt'; use one of .json, .csv
+    """
+    p = Path(path)
+    if suffixes is not None:
+        allowed = tuple(suffixes)
+        if p.suffix.lower() not in allowed:
+            kind = f"file type {p.suffix!r}" if p.suffix else "file name without extension"
+            raise InvalidInputError(f"{what} {str(p)!r}: unsupported {kind}; use one of {', '.join(allowed)}")
+    if p.is_dir():
+        raise InvalidInputError(f"{what} {str(p)!r} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidInputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise InvalidInputError(f"{what} {str(p)!r}: folder {str(parent)!r} is not writable")
+    return p
+
+
+def readable_by_others(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions a new file gets (``0666`` minus the umask; folders ``0777`` minus it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, mode & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends without error.
+
+    The temporary name keeps the extension (writers that pick the format from it still work). On an error or
+    Ctrl-C the temporary file is deleted and ``path`` is untouched.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from distilldift.files import atomic_path
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "result.json"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("{}")
+        ...     target.exists()
+        False
+        >>> target.read_text()
+        '{}'
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
+    try:
+        yield tmp
+        readable_by_others(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
