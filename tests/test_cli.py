@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import PF_WILLOW, requires_shared
+from conftest import OFFICIAL_TINY, PF_WILLOW, official_max_diff, requires_shared
 from distilldift import load_model
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
@@ -119,6 +120,11 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
         (("match", good, good, "--model", lite_folder, "--json", tmp_path / "m.txt"), "use one of .json"),
         (("extract", good, "--model", lite_folder, "--out", tmp_path / "nodir" / "f.safetensors"), "does not exist"),
         (("match", good, good, "--model", lite_folder, "--device", "foo"), "unknown device 'foo'; use cpu, cuda"),
+        *(
+            [(("match", good, good, "--device", "cuda"), "no CUDA GPU is available here")]
+            if not torch.cuda.is_available()
+            else []
+        ),  # fmt: skip
         (("track", good, "--model", lite_folder, "--render", tmp_path / "x.gif"), "unsupported file type '.gif'"),
         (("track", good, "--model", lite_folder, "--render", tmp_path / "nodir" / "x.mp4"), "does not exist"),
         (("track", good, "--model", lite_folder, "--out", tmp_path / "v.txt"), "use one of .json, .csv"),
@@ -172,6 +178,14 @@ def test_convert_and_push_commands(tmp_path, hub):
     assert not (tmp_path / "m").exists()
     r = run("convert", tmp_path / "missing.pt", "--out", tmp_path / "m")
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    # an architecture that is not registered: its Variant record as a JSON file
+    (tmp_path / "tiny.json").write_text(json.dumps(OFFICIAL_TINY.to_dict()))
+    tiny = ("--variant", tmp_path / "tiny.json", "--base", fix / "base_dinov2_hub_format.safetensors")
+    r = run("convert", fix / "official_lora_checkpoint.pt", "--out", tmp_path / "t", *tiny)
+    assert r.returncode == 0, r.stderr
+    assert official_max_diff(load_model(tmp_path / "t"), "expected.safetensors") <= 1e-5
+    r = run("convert", fix / "official_lora_checkpoint.pt", "--out", tmp_path / "u", "--variant", fix / "x.json")
+    assert r.returncode == 2 and "variant file not found" in r.stderr
     model = load_model("lite")
     model.save_pretrained(tmp_path / "lite", save_base=True)
     repo_id = f"cli/lite-{uuid.uuid4().hex[:6]}"
@@ -180,3 +194,16 @@ def test_convert_and_push_commands(tmp_path, hub):
     assert (hub.root / repo_id / "distilldift_config.json").exists()
     for cmd in ("convert", "push"):
         assert run(cmd, "--help").returncode == 0
+
+
+def test_ctrl_c_in_training_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import distilldift.recipes.trainer as trainer_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "train", interrupted)
+    code, _, err = run_here("train", "--recipe", "tiny", "--data", tmp_path, "--out", tmp_path / "run",
+                            monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    assert code == 130 and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'run' / 'checkpoint.pt'}; continue with the same command and --resume" in err

@@ -2,6 +2,7 @@ import json
 import shutil
 import time
 import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -265,3 +266,19 @@ def test_a_folder_wins_over_a_variant_of_the_same_name(tiny_model, images, tmp_p
 def test_load_model_rejects_non_names(bad):
     with pytest.raises(InvalidInputError, match="expects a variant name, a model folder or a repo id, got"):
         load_model(bad)
+
+
+def test_explicit_sources(tiny_model, images, hub, tmp_path, monkeypatch):
+    """`local-dir:` and `hf-hub:` say what a string is: no guessing between a folder, a variant and a repo."""
+    tiny_model.save_pretrained(tmp_path / "lite")  # a folder named like a variant
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # explicit: no ambiguity warning
+        assert torch.equal(feats(load_model("local-dir:lite", merge=False), images), feats(tiny_model, images))
+    with pytest.raises(WeightsNotFoundError, match="local-dir: 'nothing' is not a folder"):
+        load_model("local-dir:nothing")
+    repo_id, folder = _repo(hub, "explicit")
+    tiny_model.save_pretrained(folder)
+    assert torch.equal(feats(load_model(f"hf-hub:{repo_id}", merge=False), images), feats(tiny_model, images))
+    with pytest.raises(UnknownVariantError, match="hf-hub: 'lite' is not a Hugging Face repo id"):
+        load_model("hf-hub:lite")

@@ -11,9 +11,13 @@ Names are exported explicitly below and imported on first use, so ``import disti
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = version("distilldift")  # one source: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {

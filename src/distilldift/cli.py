@@ -10,6 +10,7 @@ import json
 import sys
 import warnings
 from enum import Enum
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
 from .errors import DistillDiftError, InvalidInputError
+from .variants import DEFAULT_VARIANT
 
 app = typer.Typer(
     name="distilldift",
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(markup=False, highlight=False)  # user text (paths, names) is printed as written
 err_console = Console(stderr=True)
 
 
@@ -152,7 +153,7 @@ def match(
     ] = None,
     points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
     grid: Annotated[int, typer.Option(min=1, help="With no points: an N x N spread of points over image1.")] = 4,
-    model: ModelOpt = "distilldift_us",
+    model: ModelOpt = DEFAULT_VARIANT,
     method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
     flip: Annotated[FlipChoice, typer.Option(help="Match the mirrored image1: no, yes, auto (pose-align).")] = (
         FlipChoice.no
@@ -212,7 +213,7 @@ def match(
 def extract(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     out: Annotated[Path, typer.Option(help="Output .safetensors file.")],
-    model: ModelOpt = "distilldift_us",
+    model: ModelOpt = DEFAULT_VARIANT,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
     device: DeviceOpt = None,
@@ -253,7 +254,7 @@ def track(
         int, typer.Option(min=1, help="With no points: an N x N spread of points over the query frame.")
     ] = 3,
     query_frame: Annotated[int, typer.Option(help="Index of the frame the points are on.")] = 0,
-    model: ModelOpt = "distilldift_us",
+    model: ModelOpt = DEFAULT_VARIANT,
     batch_size: Annotated[
         int | None, typer.Option(help="Frames per forward pass [default: 4 on CPU, 8 on GPU].", show_default=False)
     ] = None,
@@ -310,7 +311,7 @@ class DatasetChoice(str, Enum):
 def eval_(
     dataset: Annotated[DatasetChoice, typer.Option(help="Benchmark.")],
     root: Annotated[Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW or CUB_200_2011).")],
-    model: ModelOpt = "distilldift_us",
+    model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
     method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
@@ -391,6 +392,23 @@ def train(
     console.print(f"wrote {folder}")
 
 
+def _variant_arg(value: str):
+    """A registered variant name, or a ``.json`` file holding a :class:`Variant` record (``Variant.to_dict``)."""
+    from .variants import Variant
+
+    if not value.endswith(".json"):
+        return value
+    path = Path(value)
+    try:
+        return Variant.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise InvalidInputError(f"variant file not found: {value!r}") from None
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise InvalidInputError(
+            f"variant file {value!r} is not a Variant record (JSON of Variant.to_dict()): {e}"
+        ) from None
+
+
 class FormatChoice(str, Enum):
     adapter = "adapter"
     timm = "timm"
@@ -401,7 +419,10 @@ class FormatChoice(str, Enum):
 def convert(
     checkpoint: Annotated[Path, typer.Argument(help="The authors' checkpoint (.pt/.ckpt/.bin or .safetensors).")],
     out: Annotated[Path, typer.Option(help="Output model folder (load_model reads it).")],
-    variant: Annotated[str, typer.Option(help="Variant the checkpoint belongs to.")] = "distilldift_us",
+    variant: Annotated[
+        str,
+        typer.Option(help="Variant the checkpoint belongs to: a registered name, or a JSON file of a Variant record."),
+    ] = DEFAULT_VARIANT,
     base: Annotated[
         Path | None, typer.Option(help="Local base weights (default: the variant's, from the Hub).")
     ] = None,
@@ -412,7 +433,7 @@ def convert(
     from .convert import convert_checkpoint
 
     folder = convert_checkpoint(
-        checkpoint, out, variant=variant, base=base, self_contained=self_contained, overwrite=overwrite
+        checkpoint, out, variant=_variant_arg(variant), base=base, self_contained=self_contained, overwrite=overwrite
     )
     console.print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
@@ -455,8 +476,8 @@ def models(cache_dir: CacheDirOpt = None) -> None:
         v = get_variant(name)
         label = f"{name}\n(default)" if name == DEFAULT_VARIANT else name
         sources = weight_sources(v, cache_dir=cache_dir)
-        where = "\n".join(escape(s.describe()) + (" *" if s.cached else "") for s in sources)
-        table.add_row(label, escape(v.description), where)
+        where = "\n".join(s.describe() + (" *" if s.cached else "") for s in sources)
+        table.add_row(label, v.description, where)
     console.print(table)
     console.print(
         "* in the local cache: loads without network. `distilldift download NAME` fills the cache (the authors' "
@@ -485,7 +506,7 @@ def download(
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"distilldift {__version__}")
+        console.print(f"distilldift {version('distilldift')}")
         raise typer.Exit()
 
 

@@ -12,6 +12,7 @@ import http.client
 import os
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 from .errors import DownloadError
@@ -163,9 +164,7 @@ def download_verified(
 
 def _stream(url: str, tmp: Path, *, timeout: float, progress: bool, label: str) -> str | None:
     """Write the body of ``url`` to ``tmp``; return its blob id when the size was announced, else ``None``."""
-    from . import __version__
-
-    request = urllib.request.Request(url, headers={"User-Agent": f"distilldift/{__version__}"})
+    request = urllib.request.Request(url, headers={"User-Agent": f"distilldift/{version('distilldift')}"})
     received = 0
     size: int | None = None
     try:

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -236,10 +237,10 @@ def read_config(get: FileGetter, where: str) -> Variant:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        version = int(data.get("format_version", FORMAT_VERSION))
-        if version > FORMAT_VERSION:
+        fmt = int(data.get("format_version", FORMAT_VERSION))
+        if fmt > FORMAT_VERSION:
             raise CheckpointError(
-                f"{path} has format_version {version}; this distilldift reads <= {FORMAT_VERSION}: upgrade it"
+                f"{path} has format_version {fmt}; this distilldift reads <= {FORMAT_VERSION}: upgrade it"
             )
         return Variant.from_dict(data["variant"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -341,9 +342,7 @@ def save_pretrained(model: DistillDiftModel, folder: str | os.PathLike, *, save_
                 if was_merged:
                     model.merge_adapter()
         config = {"format_version": FORMAT_VERSION, "variant": variant.replace(adapter=None, release=None).to_dict()}
-        from . import __version__
-
-        config["distilldift_version"] = __version__
+        config["distilldift_version"] = version("distilldift")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_model_card(variant), encoding="utf-8")
         for f in tmp.iterdir():

@@ -307,13 +307,15 @@ def load_model(
 ) -> DistillDiftModel:
     """Load a model with weights: a local folder, a registered variant, or a Hugging Face repo id.
 
-    Resolution: an existing folder wins (a warning names the variant it shadows, if any); then a registered
-    variant name (its sources: the Hub adapter repo, then the authors' release, cached ones first, see
-    :func:`weight_sources`); then ``"owner/name"`` as a Hub repo id.
+    Explicit sources: ``"local-dir:<path>"`` (a model folder) and ``"hf-hub:<owner/name>[@revision]"`` (a Hub repo
+    holding one), as in ``Variant.weights``. A plain string: an existing folder wins (a warning names the variant
+    it shadows, if any); then a registered variant name (its sources: the Hub adapter repo, then the authors'
+    release, cached ones first, see :func:`weight_sources`); then ``"owner/name"`` as a Hub repo id.
 
     Args:
         name_or_path: a folder written by :func:`save_pretrained` / ``distilldift convert``, a variant name
-            (``distilldift models``), or a Hub repo id ``"owner/name"`` holding such a folder.
+            (``distilldift models``), or a Hub repo id ``"owner/name"`` holding such a folder; or an explicit
+            ``"local-dir:..."`` / ``"hf-hub:..."`` source.
         device, dtype: where to put the model (default: CPU, float32).
         revision: Hub branch, tag or commit for a repo id (pin a commit for reproducibility).
         cache_dir: Hugging Face cache folder (default: ``HF_HOME``/``HF_HUB_CACHE``); converted releases go to
@@ -340,6 +342,21 @@ def load_model(
         )
     check_device(device)
     ref = os.fspath(name_or_path)
+    kind, sep, rest = ref.partition(":")
+    if sep and kind == "local-dir":  # explicit sources: no guessing
+        path = Path(rest).expanduser()
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"local-dir: {rest!r} is not a folder")
+        where = f"folder {str(path)!r}"
+        model = load_folder(folder_getter(path), where, cache_dir=cache_dir, local_files_only=local_files_only)
+        return _finish(model, merge, device, dtype)
+    elif sep and kind == "hf-hub":
+        if not _REPO_ID.match(rest.partition("@")[0]):
+            raise UnknownVariantError(f"hf-hub: {rest!r} is not a Hugging Face repo id of the form 'owner/name'")
+        repo, rev = split_revision(rest)
+        get = hub_getter(repo, revision=revision or rev, cache_dir=cache_dir, local_files_only=local_files_only)
+        model = load_folder(get, f"Hugging Face repo {repo!r}", cache_dir=cache_dir, local_files_only=local_files_only)
+        return _finish(model, merge, device, dtype)
     path = Path(ref).expanduser()
     registered = ref in list_variants()
     if path.is_dir():
@@ -365,6 +382,10 @@ def load_model(
             f"{ref!r} is not a registered variant ({', '.join(list_variants())}), an existing folder, "
             "or a Hugging Face repo id of the form 'owner/name'"
         )
+    return _finish(model, merge, device, dtype)
+
+
+def _finish(model: DistillDiftModel, merge: bool, device, dtype) -> DistillDiftModel:
     if merge:
         model.merge_adapter()
     return _place(model, device, dtype)
