@@ -100,3 +100,14 @@ def lite_model(tmp_path_factory):
 def cat_image():
     skimage_data = pytest.importorskip("skimage.data")
     return skimage_data.chelsea()  # (300, 451, 3) uint8
+
+
+def run_here(*args, monkeypatch, capsys):
+    """The CLI's entry point in this process (no interpreter start): ``(exit code, stdout, stderr)``."""
+    from distilldift import cli
+
+    monkeypatch.setattr(sys, "argv", ["distilldift", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import OFFICIAL_TINY, PF_WILLOW, official_max_diff, requires_shared
+from conftest import OFFICIAL_TINY, PF_WILLOW, official_max_diff, requires_shared, run_here
 from distilldift import load_model
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
@@ -80,17 +80,6 @@ def test_help_of_every_command():
     assert run("--version").stdout.startswith("distilldift ")
 
 
-def run_here(*args, monkeypatch, capsys):
-    """The CLI's entry point in this process (no interpreter start): ``(exit code, stdout, stderr)``."""
-    from distilldift import cli
-
-    monkeypatch.setattr(sys, "argv", ["distilldift", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, capsys):
     """Every user mistake: exit 2, one line on stderr with the message's key words, no traceback."""
     good = tmp_path / "good.png"
@@ -145,7 +134,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
         (("match", good, good, "--model", lite_folder, "-p", "nan,nan"), "points[0] = [nan, nan] is not finite"),
         (("match", good, good, "--model", lite_folder, "--points-file", foo), "expected a JSON list of [x, y] or"),
         (("match", good, good, "--model", lite_folder, "-p", "1,2,3"), "'1,2,3' is not a point; write x,y"),
-        (("match", good, good, "--method", "foo"), "'foo' is not one of 'nn', 'soft'"),
+        (("match", good, good, "--method", "foo"), "--method 'foo': choose one of"),
         (("match", good, good, "-p", "1;2"), "is not a point"),
         (("nope",), "No such command 'nope'"),
         (("download", "nope"), "unknown model variant 'nope'"),

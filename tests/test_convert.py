@@ -17,7 +17,7 @@ from distilldift import (
     convert_checkpoint,
     load_model,
 )
-from distilldift.hub import build_model, folder_getter
+from distilldift.factory import build_model, folder_getter
 
 FIX = OFFICIAL
 BASE = FIX / "base_dinov2_hub_format.safetensors"

@@ -124,7 +124,7 @@ def test_empty_points_and_errors(tiny_model):
         match_points(img, img, [[1, 1], [60, 3]], model=tiny_model)
     with pytest.raises(PointsOutsideImageError, match="not finite"):
         match_points(img, img, [[np.nan, 1]], model=tiny_model)
-    with pytest.raises(InvalidInputError, match="method must be"):
+    with pytest.raises(InvalidInputError, match="unknown method .best.; registered localizers: .*nn, soft"):
         match_points(img, img, [[1, 1]], model=tiny_model, method="best")
     with pytest.raises(InvalidInputError, match="DistillDiftModel"):
         match_points(img, img, [[1, 1]], model="lite")
@@ -167,3 +167,49 @@ def test_size_is_checked_in_the_library(size):
     with pytest.raises(InvalidInputError, match="size must be"):
         extract_features(img, model, size=size)
     assert extract_features(img, model, size=28).features.shape[-2:] == (2, 2)
+
+
+def test_a_registered_localizer_works_everywhere(lite_model, cat_image, tmp_path, monkeypatch, capsys):
+    """One function + one registry line: the toy localizer runs in match_points, track_video, evaluate and the CLI."""
+    import json
+
+    from PIL import Image
+
+    from conftest import PF_WILLOW, run_here
+    from distilldift import evaluate, match_points, register_localizer, track_video
+    from distilldift.datasets import read_dataset
+
+    calls = {"n": 0}
+
+    def quarter_right(sample, best, score, window):  # the best pixel moved a quarter pixel right
+        calls["n"] += 1
+        return best.float() + torch.tensor([0.25, 0.0], device=best.device)
+
+    register_localizer("test_quarter_right", quarter_right, overwrite=True)
+    a, b = cat_image, np.ascontiguousarray(cat_image[10:, 15:])
+    pts = [[171.0, 121.0], [314.0, 133.0], [250.0, 200.0]]
+    nn = match_points(a, b, pts, model=lite_model, method="nn", mutual=False)
+    toy = match_points(a, b, pts, model=lite_model, method="test_quarter_right", mutual=False)
+    assert torch.equal(toy.points, nn.points + torch.tensor([0.25, 0.0]))
+
+    frames = torch.from_numpy(np.stack([a[:280, :440], a[5:285, 3:443]])).permute(0, 3, 1, 2).float() / 255
+    for exhaustive in (False, True):  # the coarse-to-fine search and the exact map both end in the localizer
+        t_nn = track_video(frames, pts, model=lite_model, method="nn", exhaustive=exhaustive, progress=False)
+        t_toy = track_video(frames, pts, model=lite_model, method="test_quarter_right", exhaustive=exhaustive,
+                            progress=False)  # fmt: skip
+        assert torch.equal(t_toy.points, t_nn.points + torch.tensor([0.25, 0.0]))
+
+    if PF_WILLOW.is_dir():
+        before = calls["n"]
+        r = evaluate(read_dataset("pf-willow", PF_WILLOW), lite_model, method="test_quarter_right", limit=2)
+        assert r.n_pairs == 2 and r.settings["method"] == "test_quarter_right" and calls["n"] > before
+
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    args = ["match", tmp_path / "a.png", tmp_path / "b.png", "--model", "lite", "--method", "test_quarter_right"]
+    args += [arg for p in pts for arg in ("-p", f"{p[0]},{p[1]}")] + ["--json", tmp_path / "m.json"]
+    code, _, err = run_here(*args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["method"] == "test_quarter_right"
+    assert np.allclose(data["points"], toy.points.numpy(), atol=1e-4)

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "convert_checkpoint": "convert",
     # features and matching
     "Features": "features",
+    "FeatureMap": "features",
     "extract_features": "features",
     "GridGeometry": "images",
     "load_image": "images",
@@ -50,6 +51,9 @@ _EXPORTS: dict[str, str] = {
     "match_points": "matching",
     "sample_features": "matching",
     "upsampled_similarity": "matching",
+    "register_localizer": "matching",
+    "list_localizers": "matching",
+    "LocalWindow": "matching",
     # evaluation
     "evaluate": "evaluation",
     "EvalResult": "evaluation",
@@ -104,15 +108,18 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         WeightsNotFoundError,
     )
     from .evaluation import EvalResult, evaluate
-    from .features import Features, extract_features
+    from .features import FeatureMap, Features, extract_features
     from .hub import export_timm, push_to_hub, save_pretrained
     from .images import GridGeometry, load_image
     from .loading import WeightSource, create_model, fetch_weights, load_model, weight_sources
     from .matching import (
+        LocalWindow,
         Matches,
         global_similarity,
+        list_localizers,
         match_features,
         match_points,
+        register_localizer,
         sample_features,
         upsampled_similarity,
     )

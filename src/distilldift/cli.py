@@ -33,11 +33,6 @@ console = Console(markup=False, highlight=False)  # user text (paths, names) is 
 err_console = Console(stderr=True)
 
 
-class MethodChoice(str, Enum):
-    nn = "nn"
-    soft = "soft"
-
-
 class FlipChoice(str, Enum):
     no = "no"
     yes = "yes"
@@ -123,17 +118,25 @@ def _load(model: str, device: str | None):
     return load_model(model, device=device)
 
 
-def _check_outputs(device: str | None, *outputs: tuple[Path | None, tuple[str, ...] | None, str]) -> None:
-    """Check the device and every output path before any work (a typo fails in a second, not after the work)."""
+def _check_outputs(
+    device: str | None, *outputs: tuple[Path | None, tuple[str, ...] | None, str], method: str | None = None
+) -> None:
+    """Check the device, the method and every output path before any work (a typo fails in a second)."""
     from .files import check_output
     from .loading import check_device
+    from .matching import list_localizers
 
     check_device(device)
+    if method is not None and method not in list_localizers():
+        raise InvalidInputError(f"--method {method!r}: choose one of {', '.join(list_localizers())}")
     for path, suffixes, what in outputs:
         if path is not None:
             check_output(path, suffixes, what)
 
 
+MethodOpt = Annotated[
+    str, typer.Option(help="Localizer: nn, soft (window soft-argmax), or any registered with register_localizer.")
+]
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="Variant name (see `distilldift models`), model folder, or Hub repo id.")
 ]
@@ -154,7 +157,7 @@ def match(
     points_file: Annotated[Path | None, typer.Option(help="JSON file: a list of [x, y], or {'points': [...]}.")] = None,
     grid: Annotated[int, typer.Option(min=1, help="With no points: an N x N spread of points over image1.")] = 4,
     model: ModelOpt = DEFAULT_VARIANT,
-    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    method: MethodOpt = "soft",
     flip: Annotated[FlipChoice, typer.Option(help="Match the mirrored image1: no, yes, auto (pose-align).")] = (
         FlipChoice.no
     ),
@@ -169,13 +172,13 @@ def match(
     from .matching import match_points
     from .viz import draw_matches, image_formats
 
-    _check_outputs(device, (out, image_formats(), "--out"), (json_out, (".json",), "--json"))
+    _check_outputs(device, (out, image_formats(), "--out"), (json_out, (".json",), "--json"), method=method)
     a, b = load_image(image1), load_image(image2)
     pts = _collect_points(points, points_file, grid, lambda: a)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     m = match_points(
-        a, b, pts, model=net, method=method.value, flip=flip_arg, size=size, resize=resize.value if resize else None
+        a, b, pts, model=net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None
     )
     table = Table(title=f"{image1.name} -> {image2.name} ({model})")
     for col in ("#", "x1", "y1", "x2", "y2", "score", "mutual"):
@@ -197,7 +200,7 @@ def match(
             "image1_size": [a.shape[-1], a.shape[-2]],
             "image2_size": [b.shape[-1], b.shape[-2]],
             "model": model,
-            "method": method.value,
+            "method": method,
             "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
             **m.to_dict(),
         }
@@ -260,7 +263,7 @@ def track(
     ] = None,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
-    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    method: MethodOpt = "soft",
     out: Annotated[Path | None, typer.Option(help="Write the tracks: .json or .csv.")] = None,
     render: Annotated[Path | None, typer.Option(help="Write the video with the tracks drawn on it (.mp4).")] = None,
     device: DeviceOpt = None,
@@ -271,7 +274,7 @@ def track(
     from .video import TRACK_FORMATS, iter_frames, track_video
     from .viz import VIDEO_FORMATS, render_tracks
 
-    _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"))
+    _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"), method=method)
     pts = _collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
     net = _load(model, device)
     start = time.perf_counter()
@@ -283,7 +286,7 @@ def track(
         batch_size=batch_size,
         size=size,
         resize=resize.value if resize else None,
-        method=method.value,
+        method=method,
         progress=True,
     )
     elapsed = time.perf_counter() - start
@@ -314,7 +317,7 @@ def eval_(
     model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
-    method: Annotated[MethodChoice, typer.Option(help="nn, or soft (window soft-argmax).")] = MethodChoice.soft,
+    method: MethodOpt = "soft",
     flip: Annotated[FlipChoice, typer.Option(help="Pose-align: no, yes, auto.")] = FlipChoice.no,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
@@ -325,12 +328,12 @@ def eval_(
     from .datasets import read_dataset
     from .evaluation import evaluate, save_result
 
-    _check_outputs(device, (out, (".json",), "--out"))
+    _check_outputs(device, (out, (".json",), "--out"), method=method)
     data = read_dataset(dataset.value, root, split)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     r = evaluate(
-        data, net, method=method.value, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
+        data, net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
     )
     table = Table(title=f"{dataset.value} ({model}): PCK per category, per-point average within each")
     table.add_column("category", overflow="fold")

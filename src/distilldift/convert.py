@@ -26,8 +26,9 @@ import safetensors.torch
 import torch
 
 from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from .factory import base_weights_file, build_model
 from .files import readable_by_others
-from .hub import base_state_dict, base_weights_file, build_model, save_pretrained
+from .hub import base_state_dict, save_pretrained
 from .variants import DEFAULT_VARIANT, Variant, get_variant
 
 __all__ = ["convert_checkpoint", "read_checkpoint", "split_official_state_dict"]

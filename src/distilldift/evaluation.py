@@ -19,7 +19,7 @@ import torch
 
 from .datasets import PairDataset
 from .errors import InvalidInputError
-from .features import Features, _extract, _resolve
+from .features import Features, extract_feature_maps, resolve_model
 from .files import atomic_path, check_output
 from .images import load_image
 from .matching import flip_queries, global_similarity, match_features
@@ -95,8 +95,8 @@ class _FeatureCache:
             self.store.move_to_end(key)
             return self.store[key]
         img = load_image(path)
-        feats, geom = _extract(self.model, [img.flip(-1) if flipped else img], size=self.size, resize=self.resize,
-                               batch_size=1)[0]  # fmt: skip
+        image = img.flip(-1) if flipped else img
+        feats, geom = extract_feature_maps(self.model, [image], size=self.size, resize=self.resize, batch_size=1)[0]
         f = Features(feats[None], (geom,))
         self.computed += 1
         self.store[key] = f
@@ -143,7 +143,7 @@ def evaluate(
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInputError(f"limit must be a positive number of pairs (or None for all), got {limit!r}")
-    model = _resolve(model)
+    model = resolve_model(model)
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     alphas = tuple(float(a) for a in alphas)
     cache = _FeatureCache(model, size, resize, cache_images if reuse_features else 0)

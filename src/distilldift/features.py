@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -11,7 +12,7 @@ from .errors import InvalidInputError, ShapeError
 from .images import GridGeometry, ImageInput, load_images
 from .model import DistillDiftModel
 
-__all__ = ["Features", "extract_features", "get_default_model"]
+__all__ = ["Features", "FeatureMap", "extract_features", "extract_feature_maps", "resolve_model", "get_default_model"]
 
 _DEFAULT_MODEL: DistillDiftModel | None = None
 
@@ -47,7 +48,28 @@ class Features:
         return Features(self.features[i : i + 1], (self.geometry[i],))
 
 
-def _resolve(model: DistillDiftModel | None) -> DistillDiftModel:
+class FeatureMap(NamedTuple):
+    """Dense features of one image and the exact pixel <-> grid map: what the extraction step gives per image.
+
+    Attributes:
+        features: ``(C, gh, gw)`` float32, L2-normalised over ``C``, on the model's device.
+        geometry: the :class:`GridGeometry` mapping the original image's pixels ``(x, y)`` to grid coordinates.
+    """
+
+    features: torch.Tensor
+    geometry: GridGeometry
+
+
+def resolve_model(model: DistillDiftModel | None) -> DistillDiftModel:
+    """``model`` itself, or the process-wide default model for ``None``; anything else is an error.
+
+    Example:
+        >>> from distilldift import create_model
+        >>> from distilldift.features import resolve_model
+        >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> resolve_model(m) is m
+        True
+    """
     if model is None:
         return get_default_model()
     if not isinstance(model, DistillDiftModel):
@@ -56,19 +78,37 @@ def _resolve(model: DistillDiftModel | None) -> DistillDiftModel:
 
 
 @torch.inference_mode()
-def _extract(
+def extract_feature_maps(
     model: DistillDiftModel,
     images: Sequence[torch.Tensor],
     *,
-    size: int | None,
-    resize: str | None,
-    batch_size: int,
-) -> list[tuple[torch.Tensor, GridGeometry]]:
-    """Per image ``((C, gh, gw) float32 features, geometry)``; images of equal input size share a forward pass."""
+    size: int | None = None,
+    resize: str | None = None,
+    batch_size: int = 8,
+) -> list[FeatureMap]:
+    """One :class:`FeatureMap` per image, each at its own input size (images of equal input size share a pass).
+
+    Every image goes through ``model.prepare`` (resize + the variant's normalisation).
+
+    Args:
+        model: the model.
+        images: loaded images, ``(3, H, W)`` float tensors in [0, 1] (see :func:`distilldift.load_image`).
+        size, resize: as in :func:`extract_features`.
+        batch_size: images per forward pass.
+
+    Example:
+        >>> import torch
+        >>> from distilldift import create_model
+        >>> from distilldift.features import extract_feature_maps
+        >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> fm = extract_feature_maps(m, [torch.rand(3, 60, 90), torch.rand(3, 90, 60)], size=56, resize="keep_aspect")
+        >>> [tuple(f.features.shape) for f in fm], fm[0].geometry.image_size
+        ([(32, 3, 4), (32, 4, 3)], (90, 60))
+    """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     p = next(model.parameters())
-    out: list[tuple[torch.Tensor, GridGeometry] | None] = [None] * len(images)
+    out: list[FeatureMap | None] = [None] * len(images)
     for start in range(0, len(images), batch_size):
         chunk = range(start, min(start + batch_size, len(images)))
         prepared = {i: model.prepare(images[i], size, resize) for i in chunk}
@@ -79,7 +119,7 @@ def _extract(
             x = torch.stack([prepared[i][0] for i in idx]).to(device=p.device, dtype=p.dtype)
             feats = model(x).float()
             for j, i in enumerate(idx):
-                out[i] = (feats[j], prepared[i][1])
+                out[i] = FeatureMap(feats[j], prepared[i][1])
     return out  # type: ignore[return-value]
 
 
@@ -118,9 +158,9 @@ def extract_features(
         >>> tuple(f.features.shape), f.geometry[0].grid_size
         ((1, 32, 10, 10), (10, 10))
     """
-    model = _resolve(model)
+    model = resolve_model(model)
     tensors = load_images(images)
-    results = _extract(model, tensors, size=size, resize=resize, batch_size=batch_size)
+    results = extract_feature_maps(model, tensors, size=size, resize=resize, batch_size=batch_size)
     shapes = {tuple(f.shape) for f, _ in results}
     if len(shapes) > 1:
         raise ShapeError(

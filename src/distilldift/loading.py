@@ -20,16 +20,8 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from .errors import InvalidInputError, UnknownVariantError, WeightsNotFoundError
-from .hub import (
-    ADAPTER_WEIGHTS_NAME,
-    WEIGHTS_NAME,
-    build_model,
-    folder_getter,
-    hub_getter,
-    load_folder,
-    read_config,
-    split_revision,
-)
+from .factory import build_model, folder_getter, hub_getter, load_folder, read_config, split_revision
+from .layout import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME
 from .lite import lite0_available
 from .model import DistillDiftModel
 from .release import MIRROR_ENV, cached_release, fetch_release, release_folder, release_urls

@@ -11,14 +11,14 @@ once per target image. Memory is ``O(N H W)`` instead of ``O(C H W)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from .errors import InvalidInputError
-from .features import Features, _extract, _resolve
+from .features import Features, extract_feature_maps, resolve_model
 from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image
 from .model import DistillDiftModel
 
@@ -30,9 +30,13 @@ __all__ = [
     "upsampled_similarity",
     "global_similarity",
     "flip_queries",
+    "LocalWindow",
+    "Localizer",
+    "register_localizer",
+    "list_localizers",
 ]
 
-Method = Literal["nn", "soft"]
+Method = Literal["nn", "soft"]  # the built-in localizers; any registered name works (list_localizers())
 _SIM_BUDGET = 1 << 25  # floats of similarity maps held at once (128 MB)
 
 
@@ -253,39 +257,123 @@ def upsampled_similarity(queries: torch.Tensor, features: torch.Tensor, image_si
     return _Upsampler(features, image_size)(queries.to(features.dtype))
 
 
+@dataclass(frozen=True)
+class LocalWindow:
+    """Where a localizer may look around the best pixel: what every localizer receives besides the similarities.
+
+    Attributes:
+        radius: ``(rx, ry)`` window half-size in target pixels (``window`` feature cells converted to pixels).
+        step: spacing of the pixels sampled inside the window (1: every pixel).
+        temperature: softmax temperature for soft localizers.
+        image_size: ``(W, H)`` of the target image; pixels outside it must be ignored.
+    """
+
+    radius: tuple[int, int]
+    step: int
+    temperature: float
+    image_size: tuple[int, int]
+
+    def offsets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(kx, ky)``: the sampled pixel offsets along x and y, multiples of ``step`` within the radius."""
+        rx, ry, s = self.radius[0], self.radius[1], self.step
+        kx = torch.arange(-(rx // s), rx // s + 1, device=device) * s
+        ky = torch.arange(-(ry // s), ry // s + 1, device=device) * s
+        return kx, ky
+
+
+Sampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``sample(xs (N, kx), ys (N, ky)) -> (N, ky, kx)``: similarity of query ``n`` at pixels ``(xs[n, i], ys[n, j])``
+(integer pixel coordinates inside the image)."""
+
+Localizer = Callable[[Sampler, torch.Tensor, torch.Tensor, LocalWindow], torch.Tensor]
+"""``localizer(sample, best, score, window) -> (N, 2)`` float pixel ``(x, y)``: refines the best pixel ``best``
+``(N, 2)`` (long ``(x, y)``, whose similarity is ``score`` ``(N,)``) using similarities read through ``sample``
+within ``window``. Every matching path (``match_points`` / ``match_features``, ``track_video``, ``evaluate``)
+calls the same localizer, on the exact similarity map or on the coarse-to-fine search's best pixel."""
+
+_LOCALIZERS: dict[str, Localizer] = {}
+
+
+def register_localizer(name: str, fn: Localizer, *, overwrite: bool = False) -> Localizer:
+    """Add a localizer: ``method=name`` then works in ``match_points``, ``track_video``, ``evaluate`` and the CLI.
+
+    Example:
+        >>> import torch
+        >>> from distilldift import create_model, match_points, register_localizer
+        >>> def half_right(sample, best, score, window):  # the best pixel, moved half a pixel right
+        ...     return best.float() + torch.tensor([0.5, 0.0], device=best.device)
+        >>> _ = register_localizer("half_right", half_right, overwrite=True)
+        >>> model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> img = torch.rand(3, 100, 150)
+        >>> match_points(img, img, [[75.0, 50.0]], model=model, method="half_right", size=140).points
+        tensor([[75.5000, 50.0000]])
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"localizer name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise InvalidInputError(f"localizer {name!r} must be callable (sample, best, score, window) -> (N, 2)")
+    if name in _LOCALIZERS and not overwrite:
+        raise InvalidInputError(f"localizer {name!r} is already registered; pass overwrite=True to replace it")
+    _LOCALIZERS[name] = fn
+    return fn
+
+
+def list_localizers() -> list[str]:
+    """Names of the registered localizers (``method=`` values), sorted.
+
+    Example:
+        >>> from distilldift import list_localizers
+        >>> {"nn", "soft"} <= set(list_localizers())
+        True
+    """
+    return sorted(_LOCALIZERS)
+
+
+def _nearest(sample: Sampler, best: torch.Tensor, score: torch.Tensor, window: LocalWindow) -> torch.Tensor:
+    """``"nn"``: the best pixel itself."""
+    return best.float()
+
+
+def _window_soft_argmax(sample: Sampler, best: torch.Tensor, score: torch.Tensor, window: LocalWindow) -> torch.Tensor:
+    """``"soft"``: softmax(similarity / temperature)-weighted mean pixel over the window around the best pixel."""
+    w, h = window.image_size
+    kx, ky = window.offsets(best.device)
+    xs = best[:, :1] + kx  # (N, kx)
+    ys = best[:, 1:] + ky  # (N, ky)
+    valid = ((ys >= 0) & (ys < h)).unsqueeze(2) & ((xs >= 0) & (xs < w)).unsqueeze(1)
+    vals = sample(xs.clamp(0, w - 1), ys.clamp(0, h - 1))
+    n = vals.shape[0]
+    logits = ((vals - score.view(n, 1, 1)) / window.temperature).masked_fill(~valid, float("-inf"))
+    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(vals)
+    cx, cy = xs.unsqueeze(1), ys.unsqueeze(2)
+    return torch.stack([(p * cx).sum((1, 2)), (p * cy).sum((1, 2))], 1).float()
+
+
+register_localizer("nn", _nearest)
+register_localizer("soft", _window_soft_argmax)
+
+
+def _dense_sampler(sim: torch.Tensor) -> Sampler:
+    """Read a ``(N, H, W)`` similarity map at pixel columns ``xs`` ``(N, kx)`` and rows ``ys`` ``(N, ky)``."""
+    n, h, w = sim.shape
+    flat = sim.reshape(n, -1)
+
+    def sample(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        idx = (ys.unsqueeze(2) * w + xs.unsqueeze(1)).reshape(n, -1)
+        return flat.gather(1, idx).view(n, ys.shape[1], xs.shape[1])
+
+    return sample
+
+
 def _locate(
     sim: torch.Tensor, method: str, radius: tuple[int, int], temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, H, W)`` similarity -> (``(N, 2)`` pixel ``(x, y)``, ``(N,)`` max similarity)."""
     n, h, w = sim.shape
     score, flat = sim.reshape(n, -1).max(dim=1)
-    py, px = flat // w, flat % w
-    if method == "nn":
-        return torch.stack([px, py], 1).float(), score
-    rx, ry = radius
-    dy, dx = torch.meshgrid(
-        torch.arange(-ry, ry + 1, device=sim.device), torch.arange(-rx, rx + 1, device=sim.device), indexing="ij"
-    )
-    cx = px.view(n, 1, 1) + dx  # (N, 2ry+1, 2rx+1)
-    cy = py.view(n, 1, 1) + dy
-    valid = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-    idx = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).reshape(n, -1)
-    vals = sim.reshape(n, -1).gather(1, idx).view_as(cx)
-    return _soft_argmax(vals, score, cx, cy, valid, temperature), score
-
-
-def _soft_argmax(
-    vals: torch.Tensor, score: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, valid: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """``(N, 2)`` softmax(``vals`` / temperature)-weighted mean pixel ``(x, y)`` over a window.
-
-    ``vals``: ``(N, h, w)`` similarities at pixel columns ``cx`` and rows ``cy`` (broadcastable to ``vals``);
-    ``valid``: which of them lie inside the image; ``score``: ``(N,)`` the window's maximum (for stability).
-    """
-    n = vals.shape[0]
-    logits = ((vals - score.view(n, 1, 1)) / temperature).masked_fill(~valid, float("-inf"))
-    p = torch.softmax(logits.reshape(n, -1), dim=1).view_as(vals)
-    return torch.stack([(p * cx).sum((1, 2)), (p * cy).sum((1, 2))], 1).float()
+    best = torch.stack([flat % w, flat // w], 1)
+    window = LocalWindow(radius, 1, temperature, (w, h))
+    return _LOCALIZERS[method](_dense_sampler(sim), best, score, window), score
 
 
 def _match_local(
@@ -319,18 +407,10 @@ def _match_local(
     x0 = (x0 + (best % lw) * step - 2 * step).clamp(0, w - fw)
     y0 = (y0 + (best // lw) * step - 2 * step).clamp(0, h - fh)
     loc, score = _locate(up.window(queries, x0, y0, (fw, fh)), "nn", radius, temperature)
-    loc = loc + torch.stack([x0, y0], 1).to(loc.dtype)
-    if method == "nn":
-        return loc, score
-    # soft-argmax over the same window as the exhaustive search, centred on that pixel, sampled every `step` px
-    rx, ry = radius
-    step = max(1, min(rx, ry) // 8)
-    kx, ky = torch.arange(-(rx // step), rx // step + 1) * step, torch.arange(-(ry // step), ry // step + 1) * step
-    xs = loc[:, :1].long() + kx.to(loc.device)  # (N, kx)
-    ys = loc[:, 1:].long() + ky.to(loc.device)  # (N, ky)
-    valid = ((ys >= 0) & (ys < h)).unsqueeze(2) & ((xs >= 0) & (xs < w)).unsqueeze(1)
-    sim = up.at(queries, xs.clamp(0, w - 1), ys.clamp(0, h - 1))
-    return _soft_argmax(sim, score, xs.unsqueeze(1), ys.unsqueeze(2), valid, temperature), score
+    best = loc.long() + torch.stack([x0, y0], 1)
+    # the localizer over the same window as the exhaustive search, centred on that pixel, sampled every `step` px
+    window = LocalWindow(radius, max(1, min(radius) // 8), temperature, (w, h))
+    return _LOCALIZERS[method](lambda xs, ys: up.at(queries, xs, ys), best, score, window), score
 
 
 def _match_dense(
@@ -371,8 +451,10 @@ def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
 
 
 def _check_method(method: str, window: float, temperature: float) -> None:
-    if method not in ("nn", "soft"):
-        raise InvalidInputError(f"method must be 'nn' or 'soft' (window soft-argmax), got {method!r}")
+    if method not in _LOCALIZERS:
+        raise InvalidInputError(
+            f"unknown method {method!r}; registered localizers: {', '.join(list_localizers())} (register_localizer)"
+        )
     if not window > 0:
         raise InvalidInputError(f"window must be > 0 (radius in feature-grid cells), got {window}")
     if not temperature > 0:
@@ -527,9 +609,9 @@ def match_points(
     check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")
     if pts.shape[0] == 0:
         return Matches.empty()
-    model = _resolve(model)
+    model = resolve_model(model)
     images = [a, b] + ([a.flip(-1)] if flip else [])
-    results = _extract(model, images, size=size, resize=resize, batch_size=len(images))
+    results = extract_feature_maps(model, images, size=size, resize=resize, batch_size=len(images))
     src, dst = results[0], results[1]
     use_flip = bool(flip)
     if flip == "auto":

@@ -21,7 +21,7 @@ from filelock import FileLock
 from .convert import convert_checkpoint
 from .download import cache_root, download_verified
 from .errors import CheckpointError, DownloadError, InvalidInputError, WeightsNotFoundError
-from .hub import CONFIG_NAME
+from .layout import CONFIG_NAME
 from .variants import ReleaseFile, Variant
 
 __all__ = ["release_urls", "release_folder", "cached_release", "fetch_release", "MIRROR_ENV"]

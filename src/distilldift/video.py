@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError, VideoError
-from .features import _resolve
+from .features import resolve_model
 from .files import atomic_path, check_output
 from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image, preprocess
 from .matching import _check_method, _locate, _match_local, _radius, _Upsampler, sample_features
@@ -357,7 +357,7 @@ def track_video(
     if query_frame < 0 or (source.length is not None and query_frame >= source.length):
         n = "an unknown number of" if source.length is None else source.length
         raise InvalidInputError(f"query_frame {query_frame} is out of range: the video has {n} frames")
-    model = _resolve(model)
+    model = resolve_model(model)
     if device is not None:
         model.to(device)
     p = next(model.parameters())

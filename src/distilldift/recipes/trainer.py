@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InvalidInputError
+from ..factory import build_model
 from ..files import atomic_path
-from ..hub import build_model
 from ..images import preprocess
 from ..loading import load_model
 from ..variants import get_variant, list_variants
