@@ -75,6 +75,7 @@ _EXPORTS: dict[str, str] = {
     "UnknownVariantError": "errors",
     "WeightsNotFoundError": "errors",
     "VideoError": "errors",
+    "DatasetError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -97,6 +98,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from .convert import convert_checkpoint
     from .errors import (
         CheckpointError,
+        DatasetError,
         DistillDiftError,
         DownloadError,
         ImageLoadError,

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import DistillDiftError, InvalidInputError
-from .variants import DEFAULT_VARIANT
+from .variants import DEFAULT_VARIANT, RESIZE_MODES
 
 app = typer.Typer(
     name="distilldift",
@@ -39,9 +39,7 @@ class FlipChoice(str, Enum):
     auto = "auto"
 
 
-class ResizeChoice(str, Enum):
-    stretch = "stretch"
-    keep_aspect = "keep_aspect"
+ResizeChoice = Enum("ResizeChoice", {mode: mode for mode in RESIZE_MODES}, type=str)  # from the library
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -303,16 +301,12 @@ def track(
         console.print(f"wrote {render}")
 
 
-class DatasetChoice(str, Enum):
-    spair = "spair"
-    pf_willow = "pf-willow"
-    cub = "cub"
-
-
 @app.command("eval")
 @_user_errors
 def eval_(
-    dataset: Annotated[DatasetChoice, typer.Option(help="Benchmark.")],
+    dataset: Annotated[
+        str, typer.Option(help="Benchmark: a name in distilldift.datasets.DATASETS (spair, pf-willow, cub, ...).")
+    ],
     root: Annotated[Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW or CUB_200_2011).")],
     model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
@@ -329,13 +323,13 @@ def eval_(
     from .evaluation import evaluate, save_result
 
     _check_outputs(device, (out, (".json",), "--out"), method=method)
-    data = read_dataset(dataset.value, root, split)
+    data = read_dataset(dataset, root, split)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     r = evaluate(
         data, net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
     )
-    table = Table(title=f"{dataset.value} ({model}): PCK per category, per-point average within each")
+    table = Table(title=f"{dataset} ({model}): PCK per category, per-point average within each")
     table.add_column("category", overflow="fold")
     for kind in ("img", "bbox"):
         for a in r.alphas:
@@ -356,7 +350,7 @@ def eval_(
 @_user_errors
 def train(
     ctx: typer.Context,
-    recipe: Annotated[str, typer.Option(help="Recipe name (coco, tiny) or a .json file.")],
+    recipe: Annotated[str, typer.Option(help="A shipped recipe (an unknown name lists them) or a .json file.")],
     data: Annotated[Path, typer.Option(help="Folder of training images (recursive).")],
     out: Annotated[Path, typer.Option(help="Output folder: teacher cache, checkpoint, log, model/.")],
     override: Annotated[

@@ -18,6 +18,7 @@ __all__ = [
     "DownloadError",
     "CheckpointError",
     "VideoError",
+    "DatasetError",
 ]
 
 
@@ -69,3 +70,7 @@ class CheckpointError(DistillDiftError, ValueError):
 
 class VideoError(InvalidInputError):
     """A video is missing, unreadable, empty, or has frames of changing size."""
+
+
+class DatasetError(InvalidInputError):
+    """A dataset root is missing, has the wrong layout, or holds a corrupt annotation file."""

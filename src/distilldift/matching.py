@@ -34,6 +34,11 @@ __all__ = [
     "Localizer",
     "register_localizer",
     "list_localizers",
+    "SimilarityMap",
+    "locate",
+    "check_method",
+    "window_pixels",
+    "LOCAL_CELLS",
 ]
 
 Method = Literal["nn", "soft"]  # the built-in localizers; any registered name works (list_localizers())
@@ -127,15 +132,26 @@ def sample_features(features: torch.Tensor, grid_points: torch.Tensor) -> torch.
     return torch.nn.functional.normalize(v.t(), dim=1)
 
 
-class _Upsampler:
-    """Exact cosine similarity of queries with a feature map bilinearly upsampled to ``image_size``.
+class SimilarityMap:
+    """Exact cosine similarity of queries with a ``(C, gh, gw)`` feature map bilinearly upsampled to ``image_size``.
 
     The norm of the interpolated feature at a pixel needs only the dot products of neighbouring cells (computed
-    here, at grid size); it is evaluated lazily, for the whole image or just the windows asked for.
+    here, at grid size); it is evaluated lazily, for the whole image (``sim(queries)`` -> ``(N, H, W)``) or just
+    the pixels asked for (:meth:`at`, :meth:`window`). :func:`locate` finds the best matches on it.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.matching import SimilarityMap
+        >>> f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
+        >>> sim = SimilarityMap(f, (36, 27))  # a 4 x 3 grid shown at 36 x 27 pixels: 9 px cells
+        >>> s = sim(f[:, 1, 2][None])  # the descriptor of cell (2, 1), whose centre is pixel (22, 13)
+        >>> s.shape, round(float(s[0, 13, 22]), 4)
+        (torch.Size([1, 27, 36]), 1.0)
     """
 
     def __init__(self, features: torch.Tensor, image_size: tuple[int, int], axes: tuple | None = None):
-        """``axes``: ``_Upsampler.axes(...)`` of the same sizes, to reuse across many maps (video frames)."""
+        """``features``: ``(C, gh, gw)``; ``image_size``: ``(W, H)``; ``axes``: ``SimilarityMap.axes(...)`` of the
+        same sizes, to reuse across many maps (video frames)."""
         c, gh, gw = features.shape
         w, h = image_size
         self.features = features
@@ -254,7 +270,7 @@ def upsampled_similarity(queries: torch.Tensor, features: torch.Tensor, image_si
         >>> s.shape, round(float(s[0, 13, 22]), 4)  # 9 px cells: that cell's centre is pixel (22, 13)
         (torch.Size([1, 27, 36]), 1.0)
     """
-    return _Upsampler(features, image_size)(queries.to(features.dtype))
+    return SimilarityMap(features, image_size)(queries.to(features.dtype))
 
 
 @dataclass(frozen=True)
@@ -378,7 +394,7 @@ def _locate(
 
 def _match_local(
     queries: torch.Tensor,
-    up: _Upsampler,
+    up: SimilarityMap,
     geom: GridGeometry,
     method: str,
     radius: tuple[int, int],
@@ -413,19 +429,59 @@ def _match_local(
     return _LOCALIZERS[method](lambda xs, ys: up.at(queries, xs, ys), best, score, window), score
 
 
-def _match_dense(
+LOCAL_CELLS = 2.0  # coarse-to-fine search: exact similarity within this many feature cells of the best cell
+
+
+def locate(
+    sim: SimilarityMap,
     queries: torch.Tensor,
-    up: _Upsampler,
-    image_size: tuple[int, int],
-    method: str,
-    radius: tuple[int, int],
-    temperature: float,
+    geometry: GridGeometry,
+    *,
+    method: str = "soft",
+    window: float = 1.0,
+    temperature: float = 0.02,
+    exhaustive: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    w, h = image_size
+    """The matching core: where ``queries`` match best on ``sim``, refined by the localizer ``method``.
+
+    Every path uses it: ``match_features`` / ``match_points`` (and so ``evaluate``) and ``track_video``, for
+    matches and for back-matches.
+
+    Args:
+        sim: the target's :class:`SimilarityMap`; ``geometry``: the target's :class:`GridGeometry`.
+        queries: ``(N, C)`` unit descriptors (e.g. :func:`sample_features` at the source points).
+        method, window, temperature: the localizer (:func:`list_localizers`), its window radius in feature
+            cells and its temperature.
+        exhaustive: search every pixel of the exact upsampled similarity (memory-bounded chunks of queries);
+            ``False``: coarse to fine (the best cell, then a quarter-cell lattice within ``LOCAL_CELLS`` cells,
+            then every pixel near its best point), much faster for many frames.
+        mask: ``(N, H, W)`` bool, pixels each query may match (exhaustive search only).
+
+    Returns:
+        ``(N, 2)`` pixel ``(x, y)`` in the target image and ``(N,)`` similarity of the best pixel.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.images import GridGeometry
+        >>> from distilldift.matching import SimilarityMap, locate
+        >>> f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
+        >>> g = GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3))
+        >>> pts, score = locate(SimilarityMap(f, (36, 27)), f[:, 1, 2][None], g, method="nn")
+        >>> pts, round(float(score), 4)  # the centre of cell (2, 1)
+        (tensor([[22., 13.]]), 1.0)
+    """
+    radius = window_pixels(geometry, window)
+    if not exhaustive and mask is None:
+        return _match_local(queries, sim, geometry, method, radius, temperature, LOCAL_CELLS)
+    w, h = geometry.image_size
     chunk = max(1, _SIM_BUDGET // max(1, w * h))
     pts, scores = [], []
     for s in range(0, queries.shape[0], chunk):
-        p, sc = _locate(up(queries[s : s + chunk]), method, radius, temperature)
+        maps = sim(queries[s : s + chunk])
+        if mask is not None:
+            maps = maps.masked_fill(~mask[s : s + chunk], float("-inf"))
+        p, sc = _locate(maps, method, radius, temperature)
         pts.append(p)
         scores.append(sc)
     return torch.cat(pts), torch.cat(scores)
@@ -450,7 +506,13 @@ def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
     return float((a @ b).max(dim=1).values.mean())
 
 
-def _check_method(method: str, window: float, temperature: float) -> None:
+def check_method(method: str, window: float = 1.0, temperature: float = 0.02) -> None:
+    """Check matching settings: a registered localizer, ``window > 0`` cells, ``temperature > 0``.
+
+    Example:
+        >>> from distilldift.matching import check_method
+        >>> check_method("soft", 1.0, 0.02)  # fine: nothing happens
+    """
     if method not in _LOCALIZERS:
         raise InvalidInputError(
             f"unknown method {method!r}; registered localizers: {', '.join(list_localizers())} (register_localizer)"
@@ -461,7 +523,15 @@ def _check_method(method: str, window: float, temperature: float) -> None:
         raise InvalidInputError(f"temperature must be > 0, got {temperature}")
 
 
-def _radius(geom: GridGeometry, window: float) -> tuple[int, int]:
+def window_pixels(geom: GridGeometry, window: float) -> tuple[int, int]:
+    """``(rx, ry)``: a radius of ``window`` feature cells in target pixels (at least 1).
+
+    Example:
+        >>> from distilldift.images import GridGeometry
+        >>> from distilldift.matching import window_pixels
+        >>> window_pixels(GridGeometry(image_size=(620, 310), input_size=(434, 434), grid_size=(31, 31)), 1.0)
+        (20, 10)
+    """
     sx, sy = geom.cell_size
     return max(1, round(window * sx)), max(1, round(window * sy))
 
@@ -502,7 +572,7 @@ def match_features(
         >>> match_features(f, f, [[70.0, 35.0]], method="nn").points  # an image matched with itself
         tensor([[70., 35.]])
     """
-    _check_method(method, window, temperature)
+    check_method(method, window, temperature)
     if len(src) != 1 or len(dst) != 1:
         raise InvalidInputError("match_features expects single-image Features: index a batch, e.g. feats[0]")
     pts = as_points(points)
@@ -512,12 +582,11 @@ def match_features(
     check_points_inside(pts, g1.image_size)
     f1, f2 = src.features[0], dst.features[0]
     queries = sample_features(f1, g1.image_to_grid(pts))
-    up2 = _Upsampler(f2, g2.image_size)
-    matched, scores = _match_dense(queries, up2, g2.image_size, method, _radius(g2, window), temperature)
+    settings = dict(method=method, window=window, temperature=temperature)
+    matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, **settings)
     if mutual:
         back_q = sample_features(f2, g2.image_to_grid(matched.to(f2.device)))
-        up1 = _Upsampler(f1, g1.image_size)
-        back, _ = _match_dense(back_q, up1, g1.image_size, method, _radius(g1, window), temperature)
+        back, _ = locate(SimilarityMap(f1, g1.image_size), back_q, g1, **settings)
         cycle = (back.cpu() - pts).norm(dim=1)
         radius = max(g1.cell_size) if mutual_radius is None else float(mutual_radius)
         is_mutual = cycle <= radius
@@ -601,7 +670,7 @@ def match_points(
         >>> m.points, bool(m.mutual[0])
         (tensor([[75., 50.]]), True)
     """
-    _check_method(method, window, temperature)
+    check_method(method, window, temperature)
     if flip not in (True, False, "auto"):
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     pts = as_points(points)

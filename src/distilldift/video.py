@@ -24,13 +24,12 @@ from .errors import InvalidInputError, VideoError
 from .features import resolve_model
 from .files import atomic_path, check_output
 from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image, preprocess
-from .matching import _check_method, _locate, _match_local, _radius, _Upsampler, sample_features
+from .matching import SimilarityMap, check_method, locate, sample_features, window_pixels
 from .model import DistillDiftModel
 
 __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
 
 VideoInput = str | os.PathLike | Sequence[ImageInput] | torch.Tensor | np.ndarray
-_LOCAL_CELLS = 2.0  # coarse-to-fine: exact similarity within this many feature cells of the best cell
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 TRACK_FORMATS = (".json", ".csv")  # Tracks.save
@@ -345,7 +344,7 @@ def track_video(
         >>> t.points.shape, t.points[4].tolist()
         (torch.Size([5, 1, 2]), [[40.0, 20.0]])
     """
-    _check_method(method, window, temperature)
+    check_method(method, window, temperature)
     if workers is not None and workers < 1:
         raise InvalidInputError(f"workers must be >= 1, got {workers}")
     if batch_size is not None and batch_size < 1:
@@ -383,10 +382,10 @@ def track_video(
     fq = model(x[None].to(p.device, p.dtype))[0].float()
     query_grid = geom.image_to_grid(pts.to(fq.device))
     queries = sample_features(fq, query_grid)
-    axes = _Upsampler.axes(geom.grid_size, image_size, fq.device)  # the same for every frame
-    up_query = _Upsampler(fq, image_size, axes)
-    radius = _radius(geom, window)
-    search = None if search_radius is None else _radius(geom, search_radius)
+    axes = SimilarityMap.axes(geom.grid_size, image_size, fq.device)  # the same for every frame
+    up_query = SimilarityMap(fq, image_size, axes)
+    settings = dict(method=method, window=window, temperature=temperature)
+    search = None if search_radius is None else window_pixels(geom, search_radius)
     back_radius = max(geom.cell_size)
     gw = geom.grid_size[0]
 
@@ -409,18 +408,14 @@ def track_video(
                     out_scores.append(torch.zeros(0))
                     out_vis.append(torch.zeros(0, dtype=torch.bool))
                     continue
-                up = _Upsampler(f, image_size, axes)
-                if exhaustive or search is not None:
-                    sim = up(queries)
-                    if search is not None:
-                        keep = _window_mask(prev, search, image_size) | ~prev_ok.view(-1, 1, 1)
-                        sim = sim.masked_fill(~keep, float("-inf"))
-                    loc, score = _locate(sim, method, radius, temperature)
-                else:
-                    loc, score = _match_local(queries, up, geom, method, radius, temperature, _LOCAL_CELLS)
+                up = SimilarityMap(f, image_size, axes)
+                mask = None
+                if search is not None:
+                    mask = _window_mask(prev, search, image_size) | ~prev_ok.view(-1, 1, 1)
+                loc, score = locate(up, queries, geom, exhaustive=exhaustive, mask=mask, **settings)
                 back = sample_features(f, geom.image_to_grid(loc))
                 if exhaustive:  # back-match at full resolution, as match_points does
-                    back_loc, _ = _locate(up_query(back), method, radius, temperature)
+                    back_loc, _ = locate(up_query, back, geom, **settings)
                     vis = (back_loc - pts.to(back_loc.device)).norm(dim=1) <= back_radius
                 else:  # back-match on the grid: the best cell must be within one cell of the query
                     best = up_query.grid(back).reshape(back.shape[0], -1).argmax(dim=1)

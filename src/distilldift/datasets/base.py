@@ -15,13 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import DatasetError
 
 __all__ = ["Pair", "PairDataset", "DatasetError", "read_json"]
-
-
-class DatasetError(InvalidInputError):
-    """A dataset root is missing, has the wrong layout, or holds a corrupt annotation file."""
 
 
 @dataclass(frozen=True)
