@@ -130,6 +130,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
         (("eval", "--dataset", "cub", "--root", tmp_path, "--limit", "0"), "Invalid value for '--limit'"),
         ((*train, "steps=-1"), "steps must be >= 1, got -1"),
         ((*train, "steps=1.5"), "steps must be a whole number, got 1.5"),
+        ((*train, "teachers=[]"), "teachers must name at least one teacher"),
+        ((*train, "student=5"), "student must be a string, got 5"),
         # messages keep bracketed text; a malformed option is one line
         (("match", good, good, "--model", lite_folder, "-p", "nan,nan"), "points[0] = [nan, nan] is not finite"),
         (("match", good, good, "--model", lite_folder, "--points-file", foo), "expected a JSON list of [x, y] or"),

@@ -76,6 +76,7 @@ _EXPORTS: dict[str, str] = {
     "WeightsNotFoundError": "errors",
     "VideoError": "errors",
     "DatasetError": "errors",
+    "MissingDependencyError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -103,6 +104,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         DownloadError,
         ImageLoadError,
         InvalidInputError,
+        MissingDependencyError,
         PointsOutsideImageError,
         ShapeError,
         UnknownVariantError,

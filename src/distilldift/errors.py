@@ -19,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "VideoError",
     "DatasetError",
+    "MissingDependencyError",
 ]
 
 
@@ -74,3 +75,7 @@ class VideoError(InvalidInputError):
 
 class DatasetError(InvalidInputError):
     """A dataset root is missing, has the wrong layout, or holds a corrupt annotation file."""
+
+
+class MissingDependencyError(DistillDiftError, ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` that adds it."""

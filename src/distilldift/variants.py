@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import UnknownVariantError
+from .errors import InvalidInputError, UnknownVariantError
 
 __all__ = [
     "LoraSpec",
@@ -101,7 +101,7 @@ class ReleaseFile:
         for key in ("blob_id", "commit"):
             value = getattr(self, key)
             if not (isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)):
-                raise ValueError(f"ReleaseFile.{key} must be 40 lowercase hex digits, got {value!r}")
+                raise InvalidInputError(f"ReleaseFile.{key} must be 40 lowercase hex digits, got {value!r}")
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
 
     @property
@@ -160,11 +160,11 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"Variant {self.name!r}: resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+            raise InvalidInputError(f"Variant {self.name!r}: resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if not self.layers:
-            raise ValueError(f"Variant {self.name!r}: layers must name at least one layer")
+            raise InvalidInputError(f"Variant {self.name!r}: layers must name at least one layer")
         if self.input_size <= 0:
-            raise ValueError(f"Variant {self.name!r}: input_size must be positive, got {self.input_size}")
+            raise InvalidInputError(f"Variant {self.name!r}: input_size must be positive, got {self.input_size}")
 
     def replace(self, **changes: Any) -> Variant:
         """A copy with some fields changed (``dataclasses.replace``)."""
@@ -183,7 +183,7 @@ class Variant:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown variant fields {unknown}; known fields: {sorted(known)}")
+            raise InvalidInputError(f"unknown variant fields {unknown}; known fields: {sorted(known)}")
         d = dict(d)
         if d.get("lora") is not None:
             d["lora"] = LoraSpec(**d["lora"])
@@ -234,9 +234,9 @@ def register_variant(variant: Variant, *, overwrite: bool = False) -> Variant:
         'vit_small_patch14_reg4_dinov2'
     """
     if not isinstance(variant, Variant):
-        raise TypeError(f"register_variant expects a Variant, got {type(variant).__name__}")
+        raise InvalidInputError(f"register_variant expects a Variant, got {type(variant).__name__}")
     if variant.name in _REGISTRY and not overwrite:
-        raise ValueError(f"variant {variant.name!r} is already registered; pass overwrite=True to replace it")
+        raise InvalidInputError(f"variant {variant.name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[variant.name] = variant
     return variant
 

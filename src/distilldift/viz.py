@@ -8,6 +8,7 @@ import os
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import InvalidInputError, MissingDependencyError
 from .files import atomic_path, check_output
 from .images import ImageInput, as_points, load_image
 
@@ -80,7 +81,9 @@ def draw_matches(
     a, b = _to_pil(img1), _to_pil(img2)
     p1, p2 = as_points(points1, "points1"), as_points(points2, "points2")
     if p1.shape != p2.shape:
-        raise ValueError(f"points1 and points2 must have the same shape, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+        raise InvalidInputError(
+            f"points1 and points2 must have the same shape, got {tuple(p1.shape)} and {tuple(p2.shape)}"
+        )
     h = height or min(800, max(a.height, b.height))
     s1, s2 = h / a.height, h / b.height
     a = a.resize((max(1, round(a.width * s1)), h), Image.BILINEAR)
@@ -140,7 +143,10 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
 
     Frames are streamed: memory stays flat. ``trail``: number of past frames shown. Returns the output path.
     """
-    import av
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError("rendering video needs PyAV: pip install 'distilldift[video]'") from None
 
     from .video import iter_frames
 

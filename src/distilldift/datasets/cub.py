@@ -47,7 +47,7 @@ def read_cub(
         parts: dict[int, dict[int, tuple[float, float]]] = {}
         for r in locs:
             if r[4].strip() not in ("0", "1"):
-                raise ValueError(f"visibility must be 0 or 1, got {r[4]!r}")
+                raise DatasetError(f"visibility must be 0 or 1, got {r[4]!r}")
             if r[4].strip() == "1":
                 parts.setdefault(int(r[0]), {})[int(r[1])] = (float(r[2]), float(r[3]))
     except ValueError as e:

@@ -126,6 +126,14 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> 
     out = dataclasses.replace(config)
     for key, value in values.items():
         default = getattr(TrainConfig(), key)
+        if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise InvalidInputError(f"{key} must be a JSON list of names, e.g. {key}=[\"lite\"], got {value!r}")
+        if isinstance(default, dict) and not isinstance(value, dict):
+            raise InvalidInputError(f"{key} must be a JSON object, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise InvalidInputError(f"{key} must be a string, got {value!r}")
+        if key == "teachers" and not value:
+            raise InvalidInputError('teachers must name at least one teacher, e.g. teachers=["lite"]')
         if isinstance(default, bool) and not isinstance(value, bool):
             raise InvalidInputError(f"{key} must be true or false, got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):

@@ -54,7 +54,9 @@ def hint_loss(stages: Sequence[nn.Module], teacher_states: Sequence[torch.Tensor
         0.0
     """
     if len(teacher_states) != len(stages) + 1:
-        raise ValueError(f"{len(stages)} stages need {len(stages) + 1} teacher states, got {len(teacher_states)}")
+        raise InvalidInputError(
+            f"{len(stages)} stages need {len(stages) + 1} teacher states, got {len(teacher_states)}"
+        )
     terms = []
     for stage, inp, target in zip(stages, teacher_states[:-1], teacher_states[1:], strict=True):
         out = stage(inp).float()

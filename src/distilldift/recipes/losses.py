@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
+
 __all__ = ["similarity_logits", "distillation_loss"]
 
 
@@ -49,7 +51,7 @@ def distillation_loss(
         True
     """
     if student_1.shape[-2:] != teacher_1.shape[-2:] or student_2.shape[-2:] != teacher_2.shape[-2:]:
-        raise ValueError(
+        raise InvalidInputError(
             f"student grids {tuple(student_1.shape[-2:])}/{tuple(student_2.shape[-2:])} and teacher grids "
             f"{tuple(teacher_1.shape[-2:])}/{tuple(teacher_2.shape[-2:])} must agree"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInputError
+
 __all__ = ["nn_agreement"]
 
 
@@ -36,7 +38,7 @@ def nn_agreement(
         [1.0]
     """
     if student_1.shape[-2:] != teacher_1.shape[-2:] or student_2.shape[-2:] != teacher_2.shape[-2:]:
-        raise ValueError("student and teacher grids must agree")
+        raise InvalidInputError("student and teacher grids must agree")
     w2 = student_2.shape[-1]
 
     def best(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:

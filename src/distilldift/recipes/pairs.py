@@ -49,7 +49,7 @@ def retrieval_neighbours(embeddings: torch.Tensor, k: int = 10) -> torch.Tensor:
     sim.fill_diagonal_(float("-inf"))
     k = min(k, e.shape[0] - 1)
     if k < 1:
-        raise ValueError("retrieval needs at least 2 images")
+        raise InvalidInputError("retrieval needs at least 2 images")
     return sim.topk(k, dim=1).indices
 
 
@@ -77,23 +77,23 @@ class PairSampler:
         pairs: Sequence[tuple[int, int]] | None = None,
     ):
         if mode not in ("retrieval", "category", "given"):
-            raise ValueError(f"pair mode must be retrieval, category or given, got {mode!r}")
+            raise InvalidInputError(f"pair mode must be retrieval, category or given, got {mode!r}")
         self.mode = mode
         self.anchors: list[int] | None = None  # None: every image
         if mode == "retrieval":
             if neighbours is None:
-                raise ValueError("retrieval pairs need the neighbours table (retrieval_neighbours)")
+                raise InvalidInputError("retrieval pairs need the neighbours table (retrieval_neighbours)")
             self.neighbours = neighbours.cpu().numpy()
         elif mode == "category":
             if categories is None:
-                raise ValueError("category pairs need one category per image")
+                raise InvalidInputError("category pairs need one category per image")
             self.by_category: dict[str, list[int]] = {}
             for i, c in enumerate(categories):
                 self.by_category.setdefault(c, []).append(i)
             self.categories = list(categories)
         else:
             if not pairs:
-                raise ValueError("given pairs need a non-empty list of (i, j)")
+                raise InvalidInputError("given pairs need a non-empty list of (i, j)")
             self.partners: dict[int, list[int]] = {}
             for i, j in pairs:
                 self.partners.setdefault(int(i), []).append(int(j))
@@ -108,7 +108,7 @@ class PairSampler:
             pool = [j for j in self.by_category[self.categories[i]] if j != i] or [i]
             return int(rng.choice(pool))
         if i not in self.partners:
-            raise ValueError(f"image {i} is in no given pair")
+            raise InvalidInputError(f"image {i} is in no given pair")
         return int(rng.choice(self.partners[i]))
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError, MissingDependencyError
 from ..images import preprocess
 from ..model import DistillDiftModel
 
@@ -67,7 +68,7 @@ class EnsembleTeacher(Teacher):
     def __init__(self, teachers: Sequence[Teacher]):
         super().__init__()
         if not teachers:
-            raise ValueError("an ensemble needs at least one teacher")
+            raise InvalidInputError("an ensemble needs at least one teacher: list one or more in the recipe's teachers")
         self.teachers = nn.ModuleList(teachers)
         self.name = "+".join(t.name for t in teachers)
         self.channels = sum(t.channels for t in teachers)
@@ -114,7 +115,9 @@ class DiffusionTeacher(Teacher):
         try:
             from diffusers import StableDiffusionXLPipeline
         except ImportError:
-            raise ImportError("the diffusion teacher needs diffusers: pip install 'distilldift[train]'") from None
+            raise MissingDependencyError(
+                "the diffusion teacher needs diffusers: pip install 'distilldift[train]'"
+            ) from None
         pipe = StableDiffusionXLPipeline.from_pretrained(repo, torch_dtype=dtype)
         return cls(pipe.to(device) if device is not None else pipe, **kwargs)
 
