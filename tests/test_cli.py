@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import OFFICIAL_TINY, PF_WILLOW, official_max_diff, requires_shared, run_here
-from distilldift import load_model
+from distilldift import CheckpointError, extract_features, load_features, load_model
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
@@ -61,6 +61,12 @@ def test_match_without_points_uses_a_grid_and_extract(lite_folder, tmp_path):
         assert sorted(f.keys()) == ["features.0", "features.1"]
         assert f.get_tensor("features.0").shape[0] == 432  # 112 + 320 channels
     assert meta["images"][0]["image"] == str(a)
+    maps, meta = load_features(tmp_path / "f.safetensors")  # the library reads what the command wrote
+    direct = extract_features(b, load_model(lite_folder))
+    assert torch.equal(maps[1].features, direct.features[0]) and maps[1].geometry == direct.geometry[0]
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "f.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated|not a distilldift features file"):
+        load_features(tmp_path / "bad.safetensors")
 
 
 def test_help_of_every_command():

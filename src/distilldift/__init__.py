@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "Features": "features",
     "FeatureMap": "features",
     "extract_features": "features",
+    "save_features": "features",
+    "load_features": "features",
     "GridGeometry": "images",
     "load_image": "images",
     "Matches": "matching",
@@ -112,7 +114,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         WeightsNotFoundError,
     )
     from .evaluation import EvalResult, evaluate
-    from .features import FeatureMap, Features, extract_features
+    from .features import FeatureMap, Features, extract_features, load_features, save_features
     from .hub import export_timm, push_to_hub, save_pretrained
     from .images import GridGeometry, load_image
     from .loading import WeightSource, create_model, fetch_weights, load_model, weight_sources

@@ -222,23 +222,18 @@ def extract(
     """Save dense features of images to a safetensors file.
 
     Keys: ``features.{i}`` ``(C, gh, gw)`` float32 per image (in argument order); the metadata entry
-    ``distilldift`` holds JSON with the image paths and their pixel <-> grid geometry.
+    ``distilldift`` holds JSON with the image paths and their pixel <-> grid geometry. Read it back with
+    ``distilldift.load_features``.
     """
-    from safetensors.torch import save_file
-
-    from .features import extract_features
-    from .files import atomic_path
+    from .features import FeatureMap, extract_features, save_features
 
     _check_outputs(device, (out, (".safetensors",), "--out"))
     net = _load(model, device)
-    tensors, meta = {}, []
-    for i, path in enumerate(images):
+    maps = []
+    for path in images:
         f = extract_features(path, net, size=size, resize=resize.value if resize else None)
-        g = f.geometry[0]
-        tensors[f"features.{i}"] = f.features[0].cpu().contiguous()
-        meta.append({"image": str(path), "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
+        maps.append(FeatureMap(f.features[0], f.geometry[0]))
+    save_features(maps, out, names=[str(p) for p in images], model=model)
     console.print(f"wrote {out} ({len(images)} feature maps)")
 
 

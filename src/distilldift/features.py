@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from .errors import InvalidInputError, ShapeError
+from .errors import CheckpointError, InvalidInputError, ShapeError
 from .images import GridGeometry, ImageInput, load_images
 from .model import DistillDiftModel
 
-__all__ = ["Features", "FeatureMap", "extract_features", "extract_feature_maps", "resolve_model", "get_default_model"]
+__all__ = [
+    "Features",
+    "FeatureMap",
+    "extract_features",
+    "extract_feature_maps",
+    "resolve_model",
+    "get_default_model",
+    "save_features",
+    "load_features",
+]
 
 _DEFAULT_MODEL: DistillDiftModel | None = None
 
@@ -171,3 +183,66 @@ def extract_features(
     if not results:
         raise InvalidInputError("extract_features got an empty list of images")
     return Features(torch.stack([f for f, _ in results]), tuple(g for _, g in results))
+
+
+def save_features(
+    maps: Sequence[FeatureMap], path: str | os.PathLike, *, names: Sequence[str] | None = None, model: str = ""
+) -> Path:
+    """Write feature maps to a ``.safetensors`` file (what ``distilldift extract`` writes); :func:`load_features`.
+
+    Keys ``features.{i}``: ``(C, gh, gw)`` float32 per map, in order. The metadata entry ``distilldift`` holds JSON:
+    ``{"model": model, "images": [{"image": name, "image_size": [W, H], "input_size": [w, h], "grid": [gw, gh]}]}``
+    (the exact pixel <-> grid geometry of each map). Written atomically.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from distilldift.features import FeatureMap, load_features, save_features
+        >>> from distilldift.images import GridGeometry
+        >>> fm = FeatureMap(torch.rand(8, 3, 4), GridGeometry((40, 30), (56, 42), (4, 3)))
+        >>> path = save_features([fm], tempfile.mkdtemp() + "/f.safetensors", names=["a.jpg"], model="lite")
+        >>> maps, meta = load_features(path)
+        >>> torch.equal(maps[0].features, fm.features), maps[0].geometry == fm.geometry, meta["images"][0]["image"]
+        (True, True, 'a.jpg')
+    """
+    from safetensors.torch import save_file
+
+    from .files import atomic_path, check_output
+
+    path = check_output(path, (".safetensors",), "features file")
+    names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(maps))]
+    if len(names) != len(maps):
+        raise InvalidInputError(f"names: {len(names)} names for {len(maps)} feature maps")
+    tensors, meta = {}, []
+    for i, (fm, name) in enumerate(zip(maps, names, strict=True)):
+        g = fm.geometry
+        tensors[f"features.{i}"] = fm.features.detach().float().cpu().contiguous()
+        meta.append({"image": name, "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
+    return path
+
+
+def load_features(path: str | os.PathLike) -> tuple[list[FeatureMap], dict]:
+    """Read a file written by :func:`save_features` / ``distilldift extract``: ``(maps, metadata)``.
+
+    Returns:
+        One :class:`FeatureMap` per image (``(C, gh, gw)`` float32 on the CPU with its :class:`GridGeometry`), and
+        the metadata dict (``model``, ``images``).
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"features file not found: {str(p)!r}")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = json.loads((f.metadata() or {})["distilldift"])
+            maps = []
+            for i, entry in enumerate(meta["images"]):
+                geom = GridGeometry(tuple(entry["image_size"]), tuple(entry["input_size"]), tuple(entry["grid"]))
+                maps.append(FeatureMap(f.get_tensor(f"features.{i}"), geom))
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        raise CheckpointError(f"{str(p)!r} is not a distilldift features file (distilldift extract): {e}") from e
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for corrupt files
+        raise CheckpointError(f"cannot read {str(p)!r}: corrupt or truncated ({e})") from e
+    return maps, meta

@@ -180,6 +180,7 @@ def load_images(images: ImageInput | Sequence[ImageInput]) -> list[torch.Tensor]
 
 
 MIN_IMAGE_SIDE = 2  # pixels
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})  # image files in folders
 
 
 def _round_to(value: float, multiple: int) -> int:

@@ -23,14 +23,13 @@ import torch
 from .errors import InvalidInputError, VideoError
 from .features import resolve_model
 from .files import atomic_path, check_output
-from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image, preprocess
+from .images import IMAGE_SUFFIXES, GridGeometry, ImageInput, as_points, check_points_inside, load_image, preprocess
 from .matching import SimilarityMap, check_method, locate, sample_features, window_pixels
 from .model import DistillDiftModel
 
 __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
 
 VideoInput = str | os.PathLike | Sequence[ImageInput] | torch.Tensor | np.ndarray
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 TRACK_FORMATS = (".json", ".csv")  # Tracks.save
 
@@ -110,9 +109,9 @@ class _Source:
             if not p.exists():
                 raise VideoError(f"video not found: {str(p)!r}")
             if p.is_dir():
-                self.files = sorted((f for f in p.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES), key=_natural_key)
+                self.files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
                 if not self.files:
-                    raise VideoError(f"folder {str(p)!r} has no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+                    raise VideoError(f"folder {str(p)!r} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
                 self.length, self.kind = len(self.files), "folder"
             else:
                 if p.stat().st_size == 0:

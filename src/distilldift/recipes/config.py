@@ -127,7 +127,7 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> 
     for key, value in values.items():
         default = getattr(TrainConfig(), key)
         if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise InvalidInputError(f"{key} must be a JSON list of names, e.g. {key}=[\"lite\"], got {value!r}")
+            raise InvalidInputError(f'{key} must be a JSON list of names, e.g. {key}=["lite"], got {value!r}')
         if isinstance(default, dict) and not isinstance(value, dict):
             raise InvalidInputError(f"{key} must be a JSON object, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):

@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
-from ..images import load_image
+from ..images import IMAGE_SUFFIXES, load_image
 
 __all__ = ["TrainImages", "find_images"]
-
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -27,7 +25,7 @@ def find_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise InvalidInputError(f"training data folder not found: {str(root)!r}")
-    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(found) < 2:
         raise InvalidInputError(f"{str(root)!r} holds {len(found)} images; distillation needs image pairs (2+)")
     return found
