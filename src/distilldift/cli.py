@@ -264,7 +264,8 @@ def track(
     """Follow points placed on one frame through a whole VIDEO."""
     import time
 
-    from .video import TRACK_FORMATS, iter_frames, track_video
+    from .frames import iter_frames
+    from .video import TRACK_FORMATS, track_video
     from .viz import VIDEO_FORMATS, render_tracks
 
     _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"), method=method)

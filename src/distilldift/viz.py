@@ -148,7 +148,7 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
     except ImportError:
         raise MissingDependencyError("rendering video needs PyAV: pip install 'distilldift[video]'") from None
 
-    from .video import iter_frames
+    from .frames import iter_frames
 
     out = check_output(out, VIDEO_FORMATS, "video output")
     rate = fps or tracks.fps or 10.0
