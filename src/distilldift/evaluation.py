@@ -22,7 +22,7 @@ from .errors import InvalidInputError
 from .features import Features, extract_feature_maps, resolve_model
 from .files import atomic_path, check_output
 from .images import load_image
-from .matching import flip_queries, global_similarity, match_features
+from .matching import flip_queries, match_features, use_mirror
 from .model import DistillDiftModel
 
 __all__ = ["EvalResult", "evaluate", "pck"]
@@ -162,10 +162,7 @@ def evaluate(
             queries = torch.from_numpy(pair.source_points).float()
             if flip:
                 mirrored = cache.get(pair.source, flipped=True)
-                use = flip is True or global_similarity(mirrored.features[0], dst.features[0]) > global_similarity(
-                    src.features[0], dst.features[0]
-                )
-                if use:
+                if use_mirror(flip, src.features[0], mirrored.features[0], dst.features[0]):
                     width = src.geometry[0].image_size[0]
                     queries = flip_queries(queries, width, dataset.flip_permutation(pair))
                     src = mirrored

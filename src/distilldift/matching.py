@@ -39,6 +39,7 @@ __all__ = [
     "check_method",
     "window_pixels",
     "LOCAL_CELLS",
+    "use_mirror",
 ]
 
 Method = Literal["nn", "soft"]  # the built-in localizers; any registered name works (list_localizers())
@@ -596,6 +597,28 @@ def match_features(
     return Matches(pts, matched.cpu(), scores.float().cpu(), is_mutual, cycle)
 
 
+def use_mirror(
+    flip: bool | Literal["auto"], source: torch.Tensor, mirrored: torch.Tensor, target: torch.Tensor
+) -> bool:
+    """The pose-align decision, one for every API: match from the mirrored source image?
+
+    ``flip=True``: always; ``False``: never; ``"auto"``: when the mirrored source explains the target better
+    (higher :func:`global_similarity`). ``source``, ``mirrored``, ``target``: ``(C, h, w)`` unit feature maps.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.matching import use_mirror
+        >>> f, g = (torch.nn.functional.normalize(torch.randn(16, 4, 5), dim=0) for _ in range(2))
+        >>> use_mirror("auto", g, f, f), use_mirror("auto", f, g, f), use_mirror(True, f, g, f)  # target f
+        (True, False, True)
+    """
+    if flip not in (True, False, "auto"):
+        raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
+    if flip != "auto":
+        return bool(flip)
+    return global_similarity(mirrored, target) > global_similarity(source, target)
+
+
 def flip_queries(points: torch.Tensor, width: int, permutation: Sequence[int] | None = None) -> torch.Tensor:
     """Query points for the mirrored source image: point ``i`` is the mirror of ``points[permutation[i]]``.
 
@@ -682,9 +705,7 @@ def match_points(
     images = [a, b] + ([a.flip(-1)] if flip else [])
     results = extract_feature_maps(model, images, size=size, resize=resize, batch_size=len(images))
     src, dst = results[0], results[1]
-    use_flip = bool(flip)
-    if flip == "auto":
-        use_flip = global_similarity(results[2][0], dst[0]) > global_similarity(src[0], dst[0])
+    use_flip = bool(flip) and use_mirror(flip, src[0], results[2][0], dst[0])
     queries = pts
     if use_flip:
         src = results[2]
