@@ -213,3 +213,35 @@ def test_a_registered_localizer_works_everywhere(lite_model, cat_image, tmp_path
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["method"] == "test_quarter_right"
     assert np.allclose(data["points"], toy.points.numpy(), atol=1e-4)
+
+
+def test_match_settings_are_one_record_for_every_api(tiny_model):
+    """MatchSettings is accepted by match_points, match_features, track_video and evaluate; keywords override it."""
+    from distilldift import MatchSettings, extract_features, match_features, track_video
+
+    img = torch.rand(3, 70, 98)
+    pts = [[30.0, 20.0], [60.0, 40.0]]
+    nn = match_points(img, img, pts, model=tiny_model, method="nn", size=98)
+    by_settings = match_points(img, img, pts, model=tiny_model, settings=MatchSettings(method="nn"), size=98)
+    assert torch.equal(nn.points, by_settings.points)
+    soft = match_points(img, img, pts, model=tiny_model, size=98)  # the default record: soft
+    overridden = match_points(img, img, pts, model=tiny_model, settings=MatchSettings(method="nn"), method="soft",
+                              size=98)  # fmt: skip
+    assert torch.equal(soft.points, overridden.points) and not torch.equal(soft.points, nn.points)
+    f = extract_features(img, tiny_model, size=98)
+    assert torch.equal(match_features(f, f, pts, settings=MatchSettings(method="nn")).points, nn.points)
+    frames = img[None].expand(3, -1, -1, -1)
+    t = track_video(frames, pts, model=tiny_model, size=98, settings=MatchSettings(method="nn"), progress=False)
+    assert torch.equal(t.points[0], nn.points)
+    from conftest import PF_WILLOW
+    from distilldift import evaluate
+    from distilldift.datasets import read_dataset
+
+    if PF_WILLOW.is_dir():
+        r = evaluate(read_dataset("pf-willow", PF_WILLOW), tiny_model, settings=MatchSettings(method="nn"), limit=1,
+                     progress=False)  # fmt: skip
+        assert r.settings["method"] == "nn" and r.n_pairs == 1
+    with pytest.raises(InvalidInputError, match="settings must be a MatchSettings, got dict"):
+        match_points(img, img, pts, model=tiny_model, settings={"method": "nn"})
+    with pytest.raises(InvalidInputError, match="temperature must be > 0"):
+        MatchSettings(temperature=0)

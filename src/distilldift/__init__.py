@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "register_localizer": "matching",
     "list_localizers": "matching",
     "LocalWindow": "matching",
+    "MatchSettings": "matching",
     # evaluation
     "evaluate": "evaluation",
     "EvalResult": "evaluation",
@@ -121,6 +122,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from .matching import (
         LocalWindow,
         Matches,
+        MatchSettings,
         global_similarity,
         list_localizers,
         match_features,

@@ -22,7 +22,7 @@ from .errors import InvalidInputError
 from .features import Features, extract_feature_maps, resolve_model
 from .files import atomic_path, check_output
 from .images import load_image
-from .matching import flip_queries, match_features, use_mirror
+from .matching import MatchSettings, flip_queries, match_features, use_mirror
 from .model import DistillDiftModel
 
 __all__ = ["EvalResult", "evaluate", "pck"]
@@ -110,9 +110,9 @@ def evaluate(
     model: DistillDiftModel | None = None,
     *,
     alphas: Sequence[float] = (0.1, 0.05, 0.01),
-    method: str = "soft",
-    window: float = 1.0,
-    temperature: float = 0.02,
+    method: str | None = None,
+    window: float | None = None,
+    temperature: float | None = None,
     flip: bool | str = False,
     size: int | None = None,
     resize: str | None = None,
@@ -120,6 +120,7 @@ def evaluate(
     cache_images: int = 512,
     reuse_features: bool = True,
     progress: bool = True,
+    settings: MatchSettings | None = None,
 ) -> EvalResult:
     """PCK@alpha of ``model`` on ``dataset`` (from :func:`distilldift.datasets.read_dataset`).
 
@@ -127,7 +128,8 @@ def evaluate(
         dataset: the pairs to evaluate.
         model: from :func:`load_model`; default: the default variant.
         alphas: PCK thresholds as fractions of the target image / box size.
-        method, window, temperature: matching, as in :func:`match_points` (``"nn"`` or ``"soft"``).
+        method, window, temperature, settings: matching, as in :func:`match_points` (a :class:`MatchSettings`;
+            the keywords override it).
         flip: ``False``; ``True`` (always match the mirrored source); ``"auto"`` (pose-align: mirror when that
             explains the target better). Left/right keypoints swap where the dataset names them (SPair, CUB).
         size, resize: model input size and resize mode (default: the variant's).
@@ -139,6 +141,7 @@ def evaluate(
     Returns:
         :class:`EvalResult`.
     """
+    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     if flip not in (True, False, "auto"):
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -166,7 +169,7 @@ def evaluate(
                     width = src.geometry[0].image_size[0]
                     queries = flip_queries(queries, width, dataset.flip_permutation(pair))
                     src = mirrored
-            m = match_features(src, dst, queries, method=method, window=window, temperature=temperature, mutual=False)
+            m = match_features(src, dst, queries, settings=ms, mutual=False)
             pred, truth = m.points.numpy(), pair.target_points
             w, h = dst.geometry[0].image_size
             x1, y1, x2, y2 = pair.target_bbox
@@ -184,9 +187,9 @@ def evaluate(
         alphas=alphas,
         settings=dict(
             model=model.variant.name,
-            method=method,
-            window=window,
-            temperature=temperature,
+            method=ms.method,
+            window=ms.window,
+            temperature=ms.temperature,
             flip=flip,
             size=size or model.variant.input_size,
             resize=resize or model.variant.resize,

@@ -11,6 +11,7 @@ once per target image. Memory is ``O(N H W)`` instead of ``O(C H W)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -40,6 +41,7 @@ __all__ = [
     "window_pixels",
     "LOCAL_CELLS",
     "use_mirror",
+    "MatchSettings",
 ]
 
 Method = Literal["nn", "soft"]  # the built-in localizers; any registered name works (list_localizers())
@@ -472,6 +474,7 @@ def locate(
         >>> pts, round(float(score), 4)  # the centre of cell (2, 1)
         (tensor([[22., 13.]]), 1.0)
     """
+    check_method(method, window, temperature)
     radius = window_pixels(geometry, window)
     if not exhaustive and mask is None:
         return _match_local(queries, sim, geometry, method, radius, temperature, LOCAL_CELLS)
@@ -505,6 +508,49 @@ def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
     a = src.reshape(src.shape[0], -1).t()
     b = dst.reshape(dst.shape[0], -1)
     return float((a @ b).max(dim=1).values.mean())
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """How points are located: the settings ``match_points``, ``match_features``, ``track_video`` and ``evaluate``
+    share, in one validated record (their ``method=`` / ``window=`` / ``temperature=`` keywords override it).
+
+    Attributes:
+        method: a registered localizer (:func:`list_localizers`): ``"soft"`` (window soft-argmax, sub-pixel; the
+            paper's inference) or ``"nn"`` (the best pixel).
+        window: the localizer's window radius in feature-grid cells (converted to target pixels).
+        temperature: softmax temperature on cosine similarities.
+
+    Example:
+        >>> from distilldift import MatchSettings
+        >>> s = MatchSettings(method="nn")
+        >>> s.replace(window=2.0)
+        MatchSettings(method='nn', window=2.0, temperature=0.02)
+        >>> MatchSettings(window=0)
+        Traceback (most recent call last):
+        ...
+        distilldift.errors.InvalidInputError: window must be > 0 (radius in feature-grid cells), got 0
+    """
+
+    method: str = "soft"
+    window: float = 1.0
+    temperature: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_method(self.method, self.window, self.temperature)
+
+    def replace(self, **changes) -> MatchSettings:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def resolve(cls, settings: MatchSettings | None = None, **overrides) -> MatchSettings:
+        """``settings`` (default: ``MatchSettings()``) with the keyword overrides that are not ``None``."""
+        if settings is not None and not isinstance(settings, cls):
+            raise InvalidInputError(f"settings must be a MatchSettings, got {type(settings).__name__}")
+        base = settings or cls()
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return base.replace(**changes) if changes else base
 
 
 def check_method(method: str, window: float = 1.0, temperature: float = 0.02) -> None:
@@ -543,11 +589,12 @@ def match_features(
     dst: Features,
     points: object,
     *,
-    method: Method = "soft",
-    window: float = 1.0,
-    temperature: float = 0.02,
+    method: Method | None = None,
+    window: float | None = None,
+    temperature: float | None = None,
     mutual: bool = True,
     mutual_radius: float | None = None,
+    settings: MatchSettings | None = None,
 ) -> Matches:
     """Match points between two images whose features are already computed (reuse features across pairs).
 
@@ -560,6 +607,8 @@ def match_features(
         temperature: soft-argmax softmax temperature on cosine similarities.
         mutual: also match back from each match to the source and report ``cycle_error`` / ``mutual``.
         mutual_radius: cycle error (source pixels) under which a match is mutual; default: one grid cell.
+        settings: a :class:`MatchSettings` (default ``MatchSettings()``: soft, 1 cell, 0.02); ``method``,
+            ``window`` and ``temperature`` given as keywords override it.
 
     Returns:
         :class:`Matches` with ``points`` ``(N, 2)`` in target pixels.
@@ -573,7 +622,7 @@ def match_features(
         >>> match_features(f, f, [[70.0, 35.0]], method="nn").points  # an image matched with itself
         tensor([[70., 35.]])
     """
-    check_method(method, window, temperature)
+    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     if len(src) != 1 or len(dst) != 1:
         raise InvalidInputError("match_features expects single-image Features: index a batch, e.g. feats[0]")
     pts = as_points(points)
@@ -583,11 +632,11 @@ def match_features(
     check_points_inside(pts, g1.image_size)
     f1, f2 = src.features[0], dst.features[0]
     queries = sample_features(f1, g1.image_to_grid(pts))
-    settings = dict(method=method, window=window, temperature=temperature)
-    matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, **settings)
+    how = dict(method=ms.method, window=ms.window, temperature=ms.temperature)
+    matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, **how)
     if mutual:
         back_q = sample_features(f2, g2.image_to_grid(matched.to(f2.device)))
-        back, _ = locate(SimilarityMap(f1, g1.image_size), back_q, g1, **settings)
+        back, _ = locate(SimilarityMap(f1, g1.image_size), back_q, g1, **how)
         cycle = (back.cpu() - pts).norm(dim=1)
         radius = max(g1.cell_size) if mutual_radius is None else float(mutual_radius)
         is_mutual = cycle <= radius
@@ -652,15 +701,16 @@ def match_points(
     points: object,
     *,
     model: DistillDiftModel | None = None,
-    method: Method = "soft",
-    window: float = 1.0,
-    temperature: float = 0.02,
+    method: Method | None = None,
+    window: float | None = None,
+    temperature: float | None = None,
     flip: bool | Literal["auto"] = False,
     flip_permutation: Sequence[int] | None = None,
     mutual: bool = True,
     mutual_radius: float | None = None,
     size: int | None = None,
     resize: str | None = None,
+    settings: MatchSettings | None = None,
 ) -> Matches:
     """Find the points of ``img2`` with the same meaning as ``points`` of ``img1``.
 
@@ -668,8 +718,9 @@ def match_points(
         img1, img2: path, PIL, numpy ``HxWx{1,3,4}`` or tensor ``CxHxW`` in [0, 1]; any size and aspect ratio.
         points: ``(N, 2)`` pixel ``(x, y)`` in ``img1`` (pixel centres at integers, ``0 <= x <= W1-1``).
         model: from :func:`load_model`; default: the default variant.
-        method: ``"nn"`` or ``"soft"`` (window soft-argmax, sub-pixel; default).
+        method: ``"nn"`` or ``"soft"`` (window soft-argmax, sub-pixel; default), or a registered localizer.
         window, temperature: soft-argmax window radius (feature cells) and temperature.
+        settings: a :class:`MatchSettings`; ``method`` / ``window`` / ``temperature`` keywords override it.
         flip: ``True`` matches the mirrored ``img1``; ``"auto"`` (pose-align) mirrors it when that explains
             ``img2`` better (higher :func:`global_similarity`).
         flip_permutation: for mirrored matching, query ``i`` is taken at the mirror of point
@@ -693,7 +744,7 @@ def match_points(
         >>> m.points, bool(m.mutual[0])
         (tensor([[75., 50.]]), True)
     """
-    check_method(method, window, temperature)
+    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     if flip not in (True, False, "auto"):
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     pts = as_points(points)
@@ -714,9 +765,7 @@ def match_points(
         Features(src[0][None], (src[1],)),
         Features(dst[0][None], (dst[1],)),
         queries,
-        method=method,
-        window=window,
-        temperature=temperature,
+        settings=ms,
         mutual=mutual,
         mutual_radius=mutual_radius,
     )

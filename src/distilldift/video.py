@@ -21,7 +21,7 @@ from .features import resolve_model
 from .files import atomic_path, check_output
 from .frames import FrameSource, VideoInput, frame_batches, iter_frames
 from .images import as_points, check_points_inside, preprocess
-from .matching import SimilarityMap, check_method, locate, sample_features, window_pixels
+from .matching import MatchSettings, SimilarityMap, locate, sample_features, window_pixels
 from .model import DistillDiftModel
 
 __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
@@ -135,9 +135,9 @@ def track_video(
     batch_size: int | None = None,
     size: int | None = None,
     resize: str | None = None,
-    method: str = "soft",
-    window: float = 1.0,
-    temperature: float = 0.02,
+    method: str | None = None,
+    window: float | None = None,
+    temperature: float | None = None,
     search_radius: float | None = None,
     min_score: float | None = None,
     exhaustive: bool = False,
@@ -145,6 +145,7 @@ def track_video(
     progress: bool = True,
     prefetch: bool = True,
     workers: int | None = None,
+    settings: MatchSettings | None = None,
 ) -> Tracks:
     """Follow points placed on one frame through a whole video.
 
@@ -159,7 +160,8 @@ def track_video(
         query_frame: index of the frame the points are on.
         batch_size: frames per forward pass. Default: 4 on CPU (measured best with two workers), 8 elsewhere.
         size, resize: model input size / resize mode (default: the variant's).
-        method, window, temperature: as in :func:`match_points`.
+        method, window, temperature, settings: as in :func:`match_points` (a :class:`MatchSettings`, keywords
+            override it).
         search_radius: temporal stability: search each frame only within this many feature cells of the point's
             previous visible position (``None``: the whole frame).
         min_score: also mark matches with a lower score as not visible.
@@ -189,7 +191,7 @@ def track_video(
         >>> t.points.shape, t.points[4].tolist()
         (torch.Size([5, 1, 2]), [[40.0, 20.0]])
     """
-    check_method(method, window, temperature)
+    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     if workers is not None and workers < 1:
         raise InvalidInputError(f"workers must be >= 1, got {workers}")
     if batch_size is not None and batch_size < 1:
@@ -229,7 +231,7 @@ def track_video(
     queries = sample_features(fq, query_grid)
     axes = SimilarityMap.axes(geom.grid_size, image_size, fq.device)  # the same for every frame
     up_query = SimilarityMap(fq, image_size, axes)
-    settings = dict(method=method, window=window, temperature=temperature)
+    how = dict(method=ms.method, window=ms.window, temperature=ms.temperature)
     search = None if search_radius is None else window_pixels(geom, search_radius)
     back_radius = max(geom.cell_size)
     gw = geom.grid_size[0]
@@ -259,10 +261,10 @@ def track_video(
                 mask = None
                 if search is not None:
                     mask = _window_mask(prev, search, image_size) | ~prev_ok.view(-1, 1, 1)
-                loc, score = locate(up, queries, geom, exhaustive=exhaustive, mask=mask, **settings)
+                loc, score = locate(up, queries, geom, exhaustive=exhaustive, mask=mask, **how)
                 back = sample_features(f, geom.image_to_grid(loc))
                 if exhaustive:  # back-match at full resolution, as match_points does
-                    back_loc, _ = locate(up_query, back, geom, **settings)
+                    back_loc, _ = locate(up_query, back, geom, **how)
                     vis = (back_loc - pts.to(back_loc.device)).norm(dim=1) <= back_radius
                 else:  # back-match on the grid: the best cell must be within one cell of the query
                     best = up_query.grid(back).reshape(back.shape[0], -1).argmax(dim=1)
