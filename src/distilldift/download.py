@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from .errors import DownloadError
+from .files import atomic_path
 
 __all__ = ["git_blob_id", "download_verified", "cache_root", "download_timeout"]
 
@@ -146,8 +147,7 @@ def download_verified(
     dest = Path(dest)
     timeout = download_timeout() if timeout is None else timeout
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(dest) as tmp:  # renamed into place only if the block ends without error
         got = _stream(url, tmp, timeout=timeout, progress=progress, label=dest.name)
         if got is None:
             got = git_blob_id(tmp)
@@ -156,9 +156,6 @@ def download_verified(
                 f"{url}: the downloaded file's git blob id is {got}, expected {blob_id}: corrupt or tampered "
                 "with; it was deleted"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -276,9 +276,8 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         if rank == 0 and log_path.exists():  # steps logged after the checkpoint were lost with the kill: redone below
             kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]  # fmt: skip
-            tmp = log_path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, log_path)
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         log(f"resumed from step {start}")
     model = torch.nn.parallel.DistributedDataParallel(student) if dist.is_initialized() else student
 
