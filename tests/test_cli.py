@@ -34,8 +34,21 @@ def lite_folder(tmp_path_factory):
 @requires_shared
 def test_match_end_to_end(lite_folder, tmp_path):
     a, b = PF_WILLOW / "car(G)" / "Cars_006a.png", PF_WILLOW / "car(G)" / "Cars_007a.png"
-    r = run("match", a, b, "--model", lite_folder, "-p", "47.9,98.2", "-p", "151.9,121.8 45.97,57.3",
-            "--out", tmp_path / "m.png", "--json", tmp_path / "m.json")  # fmt: skip
+    r = run(
+        "match",
+        a,
+        b,
+        "--model",
+        lite_folder,
+        "-p",
+        "47.9,98.2",
+        "-p",
+        "151.9,121.8 45.97,57.3",
+        "--out",
+        tmp_path / "m.png",
+        "--json",
+        tmp_path / "m.json",
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
     data = json.loads((tmp_path / "m.json").read_text())
@@ -119,7 +132,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
             [(("match", good, good, "--device", "cuda"), "no CUDA GPU is available here")]
             if not torch.cuda.is_available()
             else []
-        ),  # fmt: skip
+        ),
         (("track", good, "--model", lite_folder, "--render", tmp_path / "x.gif"), "unsupported file type '.gif'"),
         (("track", good, "--model", lite_folder, "--render", tmp_path / "nodir" / "x.mp4"), "does not exist"),
         (("track", good, "--model", lite_folder, "--out", tmp_path / "v.txt"), "use one of .json, .csv"),
@@ -200,7 +213,16 @@ def test_ctrl_c_in_training_says_how_to_continue(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer_module, "train", interrupted)
-    code, _, err = run_here("train", "--recipe", "tiny", "--data", tmp_path, "--out", tmp_path / "run",
-                            monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    code, _, err = run_here(
+        "train",
+        "--recipe",
+        "tiny",
+        "--data",
+        tmp_path,
+        "--out",
+        tmp_path / "run",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 130 and len(err.strip().splitlines()) == 1
     assert f"{tmp_path / 'run' / 'checkpoint.pt'}; continue with the same command and --resume" in err

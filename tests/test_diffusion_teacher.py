@@ -29,21 +29,51 @@ def tiny_pipe(tmp_path_factory):
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=24)
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=24, projection_dim=32, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1)  # fmt: skip
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=24,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=8,
-    )  # fmt: skip
-    vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
     encoders = dict(text_encoder=CLIPTextModel(cfg), text_encoder_2=CLIPTextModelWithProjection(cfg))
-    return StableDiffusionXLPipeline(vae=vae, tokenizer=tok, tokenizer_2=tok, unet=unet, **encoders,
-                                     scheduler=EulerDiscreteScheduler(num_train_timesteps=1000))  # fmt: skip
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        **encoders,
+        scheduler=EulerDiscreteScheduler(num_train_timesteps=1000),
+    )
 
 
 def test_features_on_the_student_grid(tiny_pipe):
@@ -78,10 +108,20 @@ def test_ensemble_through_the_cache(tiny_pipe, tmp_path):
     vit = ModelTeacher(create_model("dinov2_b14_reg", **TINY), size=56)
     both = EnsembleTeacher([vit, DiffusionTeacher(tiny_pipe, size=64)])
     images = [torch.rand(3, 40, 40) for _ in range(3)]
-    build_teacher_cache(both, ["0", "1", "2"], tmp_path, grid=(4, 4), image_size=(48, 48), categories=["a", "b", "c"],
-                        batch_size=2, shard_size=2, loader=lambda s: images[int(s)])  # fmt: skip
+    build_teacher_cache(
+        both,
+        ["0", "1", "2"],
+        tmp_path,
+        grid=(4, 4),
+        image_size=(48, 48),
+        categories=["a", "b", "c"],
+        batch_size=2,
+        shard_size=2,
+        loader=lambda s: images[int(s)],
+    )
     cache = TeacherCache(tmp_path)
     assert len(cache) == 3 and cache[2].shape == (64 + 64, 4, 4)
-    direct = both(torch.nn.functional.interpolate(images[2][None], size=(48, 48), mode="bilinear", antialias=True),
-                  (4, 4), ["c"])[0]  # fmt: skip
+    direct = both(
+        torch.nn.functional.interpolate(images[2][None], size=(48, 48), mode="bilinear", antialias=True), (4, 4), ["c"]
+    )[0]
     assert torch.allclose(cache[2], direct, atol=2e-3)  # stored as float16

@@ -197,6 +197,14 @@ def test_real_pf_willow_pretrained_far_above_random(lite_model):
 
 
 @requires_shared
+def test_real_pf_willow_full_benchmark_is_unchanged(lite_model):
+    """All 900 pairs, as recorded in BENCHMARKS.md (bbox@0.1 0.535, img@0.1 0.657 with ``soft``)."""
+    r = evaluate(read_pf_willow(PF_WILLOW), lite_model, progress=False)
+    assert r.per_point["bbox"][0.1] == pytest.approx(0.535, abs=0.004)
+    assert r.per_point["img"][0.1] == pytest.approx(0.657, abs=0.004)
+
+
+@requires_shared
 def test_eval_cli(tmp_path):
     exe = str(Path(sys.executable).parent / "distilldift")
     cmd = [exe, "eval", "--dataset", "pf-willow", "--root", str(PF_WILLOW), "--model", "lite", "--limit", "20"]
@@ -207,8 +215,9 @@ def test_eval_cli(tmp_path):
     assert all(h in r.stdout for h in ("img", "bbox", "@0.1", "@0.05", "@0.01"))
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["n_pairs"] == 20 and 0 <= data["per_point"]["bbox"]["0.1"] <= 1 and "protocol" in data
-    r = subprocess.run([exe, "eval", "--dataset", "spair", "--root", str(tmp_path / "missing")],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [exe, "eval", "--dataset", "spair", "--root", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "SPair-71k: missing dataset root" in r.stderr
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY
+from conftest import TINY, randomise_adapter
 from distilldift import (
     CheckpointError,
     InvalidInputError,
@@ -104,6 +104,23 @@ def test_save_load_round_trip(tiny_model, images, tmp_path):
 
     base = timm.create_model("vit_base_patch14_reg4_dinov2", **TINY, dynamic_img_size=True, num_classes=0)
     base.load_state_dict(load_file(tmp_path / "m" / "model.safetensors"), strict=True)
+
+
+def test_merge_is_exactly_undone_and_saving_never_touches_the_model(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("distilldift_us", **TINY)
+    randomise_adapter(model)
+    exact = {k: v.clone() for k, v in model.state_dict().items()}
+    model.merge_adapter()
+    merged = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(not torch.equal(merged[k], exact[k]) for k in exact)  # merging changed the qkv weights
+    model.save_pretrained(tmp_path / "m", save_base=True)
+    assert model.merged and all(torch.equal(v, merged[k]) for k, v in model.state_dict().items())
+    saved = load_file(tmp_path / "m" / "model.safetensors")
+    qkv = exact["backbone.base_model.model.blocks.0.attn.qkv.base_layer.weight"]
+    assert torch.equal(saved["blocks.0.attn.qkv.weight"], qkv)  # the exact pre-merge weights, bit for bit
+    model.unmerge_adapter()
+    assert all(torch.equal(v, exact[k]) for k, v in model.state_dict().items())
 
 
 def _repo(hub, prefix):

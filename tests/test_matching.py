@@ -195,8 +195,9 @@ def test_a_registered_localizer_works_everywhere(lite_model, cat_image, tmp_path
     frames = torch.from_numpy(np.stack([a[:280, :440], a[5:285, 3:443]])).permute(0, 3, 1, 2).float() / 255
     for exhaustive in (False, True):  # the coarse-to-fine search and the exact map both end in the localizer
         t_nn = track_video(frames, pts, model=lite_model, method="nn", exhaustive=exhaustive, progress=False)
-        t_toy = track_video(frames, pts, model=lite_model, method="test_quarter_right", exhaustive=exhaustive,
-                            progress=False)  # fmt: skip
+        t_toy = track_video(
+            frames, pts, model=lite_model, method="test_quarter_right", exhaustive=exhaustive, progress=False
+        )
         assert torch.equal(t_toy.points, t_nn.points + torch.tensor([0.25, 0.0]))
 
     if PF_WILLOW.is_dir():
@@ -225,8 +226,9 @@ def test_match_settings_are_one_record_for_every_api(tiny_model):
     by_settings = match_points(img, img, pts, model=tiny_model, settings=MatchSettings(method="nn"), size=98)
     assert torch.equal(nn.points, by_settings.points)
     soft = match_points(img, img, pts, model=tiny_model, size=98)  # the default record: soft
-    overridden = match_points(img, img, pts, model=tiny_model, settings=MatchSettings(method="nn"), method="soft",
-                              size=98)  # fmt: skip
+    overridden = match_points(
+        img, img, pts, model=tiny_model, settings=MatchSettings(method="nn"), method="soft", size=98
+    )
     assert torch.equal(soft.points, overridden.points) and not torch.equal(soft.points, nn.points)
     f = extract_features(img, tiny_model, size=98)
     assert torch.equal(match_features(f, f, pts, settings=MatchSettings(method="nn")).points, nn.points)
@@ -238,8 +240,13 @@ def test_match_settings_are_one_record_for_every_api(tiny_model):
     from distilldift.datasets import read_dataset
 
     if PF_WILLOW.is_dir():
-        r = evaluate(read_dataset("pf-willow", PF_WILLOW), tiny_model, settings=MatchSettings(method="nn"), limit=1,
-                     progress=False)  # fmt: skip
+        r = evaluate(
+            read_dataset("pf-willow", PF_WILLOW),
+            tiny_model,
+            settings=MatchSettings(method="nn"),
+            limit=1,
+            progress=False,
+        )
         assert r.settings["method"] == "nn" and r.n_pairs == 1
     with pytest.raises(InvalidInputError, match="settings must be a MatchSettings, got dict"):
         match_points(img, img, pts, model=tiny_model, settings={"method": "nn"})

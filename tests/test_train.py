@@ -99,8 +99,22 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
     config = apply_overrides(load_recipe("tiny"), MICRO)
     single = trainer_module.train(config, data, tmp_path / "one", log=lambda *_: None)
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "distilldift", "train",
-           "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "distilldift",
+        "train",
+        "--recipe",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "two"),
+    ]
     cmd += ["--override", MICRO[0], "--override", *MICRO[1:]]  # both forms: repeated, and several after one
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -115,8 +129,9 @@ def test_torchrun_two_processes_equal_one(data, tmp_path):
 
 def test_lora_student_starts_from_a_fresh_adapter(data, tmp_path):
     """train=lora: the paper's setup (a new q/v adapter, its dropout from the recipe), never a published one."""
-    config = apply_overrides(load_recipe("tiny"), MICRO + ['student="distilldift_us"', "train=\"lora\"",
-                                                           "lora_dropout=0.05", "steps=2"])  # fmt: skip
+    config = apply_overrides(
+        load_recipe("tiny"), MICRO + ['student="distilldift_us"', 'train="lora"', "lora_dropout=0.05", "steps=2"]
+    )
     folder = trainer_module.train(config, data, tmp_path / "run", log=lambda *_: None)
     adapter = json.loads((folder / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and adapter["lora_dropout"] == 0.05
@@ -147,8 +162,10 @@ def test_given_pairs(data, tmp_path):
     with pytest.raises(InvalidInputError, match="needs a pairs file"):
         trainer_module.train(apply_overrides(load_recipe("tiny"), overrides), data, tmp_path / "run")
     assert not (tmp_path / "run" / "teacher-cache").exists()
-    cfg = apply_overrides(load_recipe("tiny"), [*MICRO, 'teachers=["lite"]', "pairs=given", "steps=2",
-                                                f"pairs_file={tmp_path / 'pairs.json'}"])  # fmt: skip
+    cfg = apply_overrides(
+        load_recipe("tiny"),
+        [*MICRO, 'teachers=["lite"]', "pairs=given", "steps=2", f"pairs_file={tmp_path / 'pairs.json'}"],
+    )
     assert (trainer_module.train(cfg, data, tmp_path / "run", log=lambda *_: None) / "model.safetensors").exists()
 
 
@@ -175,8 +192,10 @@ def test_learning_is_real(tmp_path):
     from distilldift.recipes.metrics import nn_agreement
     from distilldift.video import iter_frames
 
-    frames = [Image.fromarray((f.permute(1, 2, 0) * 255).byte().numpy()).resize((324, 180))
-              for f in iter_frames(SHARED / "data" / "videos" / "apple.mp4")]  # fmt: skip
+    frames = [
+        Image.fromarray((f.permute(1, 2, 0) * 255).byte().numpy()).resize((324, 180))
+        for f in iter_frames(SHARED / "data" / "videos" / "apple.mp4")
+    ]
     (tmp_path / "frames").mkdir()
     for i in range(0, 40, 4):
         frames[i].save(tmp_path / "frames" / f"f{i:02d}.png")
@@ -213,8 +232,10 @@ def test_learning_is_real(tmp_path):
 
     (init_loss, _), (loss, _) = measure(init, held_pairs), measure(student, held_pairs)
     (_, init_agree), (_, agree) = measure(init, train_pairs), measure(student, train_pairs)
-    print(f"MEASURED similarity: training loss x{drop(log, 'distill'):.3f}, unseen loss {init_loss:.3f}->{loss:.3f}, "
-          f"training-pair agreement {init_agree:.3f}->{agree:.3f}")  # fmt: skip
+    print(
+        f"MEASURED similarity: training loss x{drop(log, 'distill'):.3f}, unseen loss {init_loss:.3f}->{loss:.3f}, "
+        f"training-pair agreement {init_agree:.3f}->{agree:.3f}"
+    )
     assert "hint" not in log[0]
     assert drop(log, "distill") < 0.85  # measured 0.71-0.74
     assert loss < init_loss - 0.15  # measured 3.44 -> 2.99-3.10
@@ -253,8 +274,9 @@ def test_hints_add_their_term_and_need_the_teachers_architecture(data, tmp_path)
 
 def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
     """``distill_start``: steps before it train on hints alone; the log keeps each unweighted term."""
-    config = apply_overrides(load_recipe("tiny"), [*MICRO_LITE, "steps=4", "hint_weight=3.0", "distill_weight=0.5",
-                                                   "distill_start=2"])  # fmt: skip
+    config = apply_overrides(
+        load_recipe("tiny"), [*MICRO_LITE, "steps=4", "hint_weight=3.0", "distill_weight=0.5", "distill_start=2"]
+    )
     trainer_module.train(config, data, tmp_path / "w", log=lambda *_: None)
     log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["distill"] > 1 and r["hint"] > 0.1 for r in log)
@@ -291,8 +313,11 @@ def test_runs_are_never_overwritten_and_resume_by_content(data, tmp_path, monkey
     run = tmp_path / "run"
     folder = trainer_module.train(config, data, run, recipe="tiny", **quiet)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    with pytest.raises(InvalidInputError, match=r"already holds a training run \(checkpoint.pt, log.jsonl, model\); "
-                       r"pass --resume to continue it, --overwrite to start again"):  # fmt: skip
+    with pytest.raises(
+        InvalidInputError,
+        match=r"already holds a training run \(checkpoint.pt, log.jsonl, model\); "
+        r"pass --resume to continue it, --overwrite to start again",
+    ):
         trainer_module.train(config, data, run, **quiet)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
     with pytest.raises(InvalidInputError, match="already reached step 3 and steps=3; to extend it, pass a larger"):

@@ -159,8 +159,21 @@ def test_save_and_cli(tmp_path, synthetic, lite_model):
     folder = tmp_path / "lite"
     lite_model.save_pretrained(folder, save_base=True)
     exe = str(Path(sys.executable).parent / "distilldift")
-    cmd = [exe, "track", str(tmp_path), "-p", "120,80", "-p", "150,60", "--model", str(folder),
-           "--out", str(tmp_path / "tracks.csv"), "--render", str(tmp_path / "overlay.mp4")]  # fmt: skip
+    cmd = [
+        exe,
+        "track",
+        str(tmp_path),
+        "-p",
+        "120,80",
+        "-p",
+        "150,60",
+        "--model",
+        str(folder),
+        "--out",
+        str(tmp_path / "tracks.csv"),
+        "--render",
+        str(tmp_path / "overlay.mp4"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "FPS" in r.stdout and "tracked 2 points through 8 frames" in r.stdout
@@ -178,8 +191,15 @@ def test_interrupted_render_leaves_no_file(tmp_path, monkeypatch):
     from distilldift import render_tracks
 
     frames = torch.rand(6, 3, 32, 48)
-    tracks = Tracks(points=torch.full((6, 1, 2), 10.0), scores=torch.ones(6, 1), visible=torch.ones(6, 1, dtype=bool),
-                    query=torch.tensor([[10.0, 10.0]]), query_frame=0, fps=5.0, image_size=(48, 32))  # fmt: skip
+    tracks = Tracks(
+        points=torch.full((6, 1, 2), 10.0),
+        scores=torch.ones(6, 1),
+        visible=torch.ones(6, 1, dtype=bool),
+        query=torch.tensor([[10.0, 10.0]]),
+        query_frame=0,
+        fps=5.0,
+        image_size=(48, 32),
+    )
     real, calls = viz.draw_tracks, {"n": 0}
 
     def dying(*args, **kwargs):

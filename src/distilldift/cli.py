@@ -335,8 +335,10 @@ def eval_(
     for name, values in rows:
         table.add_row(name, *[f"{100 * values[k][a]:.2f}" for k in ("img", "bbox") for a in r.alphas])
     console.print(table)
-    console.print(f"{r.protocol}. {r.n_pairs} pairs, {r.n_points} points; features computed for "
-                  f"{r.settings['features_computed']} images.")  # fmt: skip
+    console.print(
+        f"{r.protocol}. {r.n_pairs} pairs, {r.n_points} points; features computed for "
+        f"{r.settings['features_computed']} images."
+    )
     if out is not None:
         save_result(r, out)
         console.print(f"wrote {out}")

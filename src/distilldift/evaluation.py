@@ -155,8 +155,9 @@ def evaluate(
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn(f"eval {dataset.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       transient=True)  # fmt: skip
+        bar = Progress(
+            TextColumn(f"eval {dataset.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
         task = bar.add_task("pairs", total=len(pairs))
         bar.start()
     try:
@@ -194,7 +195,7 @@ def evaluate(
             size=size or model.variant.input_size,
             resize=resize or model.variant.resize,
             limit=limit,
-        ),  # fmt: skip
+        ),
         n_pairs=len(pairs),
         n_points=int(sum(len(p.source_points) for p in pairs)),
     )

@@ -5,6 +5,7 @@ Used by ``track_video``, ``render_tracks`` and the CLI; nothing here knows about
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError, VideoError
-from .images import IMAGE_SUFFIXES, GridGeometry, ImageInput, load_image, preprocess
+from .images import IMAGE_SUFFIXES, GridGeometry, ImageInput, load_image
 from .model import DistillDiftModel
 
 __all__ = ["VideoInput", "FrameSource", "iter_frames", "frame_batches"]
@@ -69,6 +70,11 @@ class FrameSource:
             )
         if self.length == 0:
             raise VideoError("the video has no frames")
+
+    def arriving(self, geom: GridGeometry) -> GridGeometry:
+        """The geometry of frames as they arrive: ``geom``, or, when the decoder scales them (``scale_to``), the
+        same grid from frames already at the input size."""
+        return dataclasses.replace(geom, image_size=geom.input_size) if self.scale_to else geom
 
     def _open(self):
         try:
@@ -125,16 +131,16 @@ def frame_batches(source: FrameSource, model: DistillDiftModel, geom: GridGeomet
 
     Frames come at their original size (resized here) or already at the model input size (scaled by the decoder).
     """
-    mean, std = model.variant.mean, model.variant.std
+    arriving = source.arriving(geom)
 
     def produce() -> Iterator[torch.Tensor]:
         batch = []
         for i, frame in enumerate(source):
             size = (int(frame.shape[-1]), int(frame.shape[-2]))
-            if size != (geom.input_size if source.scale_to else geom.image_size):
+            if size != arriving.image_size:
                 (w1, h1), (w0, h0) = size, geom.image_size
                 raise VideoError(f"frame {i} is {w1}x{h1}, the query frame is {w0}x{h0}: all frames must have one size")
-            batch.append(preprocess(frame, geom.input_size, mean, std))
+            batch.append(model.prepare(frame, geometry=arriving)[0])
             if len(batch) == batch_size:
                 yield torch.stack(batch)
                 batch = []

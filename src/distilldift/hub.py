@@ -26,11 +26,16 @@ __all__ = ["save_pretrained", "export_timm", "push_to_hub", "base_state_dict"]
 
 
 def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's own weights in timm's key format (LoRA tensors removed, peft's ``base_layer`` unwrapped)."""
+    """The backbone's own weights in timm's key format (LoRA tensors removed, peft's ``base_layer`` unwrapped).
+
+    A merged model gives its exact pre-merge weights; the model is never modified.
+    """
     out = {}
+    premerge = getattr(model, "premerge_weights", {})
     for key, value in model.timm_model.state_dict().items():
         if "lora_" in key:
             continue
+        value = premerge.get(key, value)
         out[key.replace(".base_layer.", ".")] = value.detach().to("cpu").contiguous()
     return out
 
@@ -102,13 +107,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, *, save_b
         if model.has_adapter:
             model.backbone.save_pretrained(str(tmp))
         if save_base:
-            was_merged = model.merged
-            model.unmerge_adapter()
-            try:
-                save_file(base_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            finally:
-                if was_merged:
-                    model.merge_adapter()
+            save_file(base_state_dict(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {"format_version": FORMAT_VERSION, "variant": variant.replace(adapter=None, release=None).to_dict()}
         config["distilldift_version"] = version("distilldift")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -262,17 +262,17 @@ class GridGeometry:
 def preprocess(
     image: torch.Tensor, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """Resize ``(3, H, W)`` [0, 1] to ``input_size = (w, h)`` (bilinear, antialiased) and normalise.
-
-    Returns ``(3, h, w)`` float32.
+    """Resize ``(3, H, W)`` or ``(B, 3, H, W)`` [0, 1] to ``input_size = (w, h)`` (bilinear, antialiased) and
+    normalise per channel. Returns float32 of the same rank. Used through :meth:`DistillDiftModel.prepare`.
     """
     w, h = input_size
-    x = image
+    x = image if image.ndim == 4 else image[None]
     if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - m) / s
+    x = (x - m) / s
+    return x if image.ndim == 4 else x[0]
 
 
 def as_points(points: object, name: str = "points") -> torch.Tensor:

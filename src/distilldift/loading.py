@@ -84,8 +84,10 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
         raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidInputError(f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() "
-                                    "is False); use cpu, or install a CUDA build of torch")  # fmt: skip
+            raise InvalidInputError(
+                f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() "
+                "is False); use cpu, or install a CUDA build of torch"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise InvalidInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -196,10 +198,11 @@ def _load_registered(
             continue
     if _offline(local_files_only):
         tried = ", ".join(
-            f"Hub adapter {v.adapter} (Hugging Face cache)" if kind == "hub-adapter" else
-            f"authors' release ({release_folder(v, cache_dir)})"
+            f"Hub adapter {v.adapter} (Hugging Face cache)"
+            if kind == "hub-adapter"
+            else f"authors' release ({release_folder(v, cache_dir)})"
             for kind, _ in loaders
-        )  # fmt: skip
+        )
         raise WeightsNotFoundError(
             f"the weights of {v.name!r} are not in the local cache and offline mode is on (local_files_only / "
             f"HF_HUB_OFFLINE=1); looked for: {tried}. Run `distilldift download {v.name}` once with network access; "

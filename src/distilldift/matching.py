@@ -491,6 +491,63 @@ def locate(
     return torch.cat(pts), torch.cat(scores)
 
 
+def back_match(
+    source: SimilarityMap,
+    source_geometry: GridGeometry,
+    target_features: torch.Tensor,
+    target_geometry: GridGeometry,
+    matched: torch.Tensor,
+    points: torch.Tensor,
+    *,
+    settings: MatchSettings | None = None,
+    exhaustive: bool = True,
+    radius: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one definition of *mutual* (``Matches.mutual``) and *visible* (``Tracks.visible``): a match is kept when
+    matching it back to the source image lands near the point it came from.
+
+    The descriptor at each match is located in the source with the same localizer and search as the forward
+    match (:func:`locate`); the cycle error is the distance in source pixels between that back-match and the
+    query point, and a match is mutual when it is at most ``radius`` (default: one feature cell of the source, its
+    larger side in pixels).
+
+    Args:
+        source: the source image's :class:`SimilarityMap`; ``source_geometry`` its geometry.
+        target_features: ``(C, gh, gw)`` unit features of the target; ``target_geometry`` its geometry.
+        matched: ``(N, 2)`` pixel ``(x, y)`` of the matches in the target.
+        points: ``(N, 2)`` pixel ``(x, y)`` of the queries in the source.
+        settings: the localizer (:class:`MatchSettings`); ``exhaustive``: as in :func:`locate`.
+
+    Returns:
+        ``(N,)`` cycle error in source pixels, ``(N,)`` bool mutual.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.images import GridGeometry
+        >>> from distilldift.matching import SimilarityMap, back_match
+        >>> f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
+        >>> g = GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3))
+        >>> cycle, mutual = back_match(SimilarityMap(f, (36, 27)), g, f, g, torch.tensor([[22.0, 13.0]]),
+        ...                            torch.tensor([[22.0, 13.0]]), settings=MatchSettings(method="nn"))
+        >>> cycle.tolist(), mutual.tolist()  # an image matched with itself: the cycle closes exactly
+        ([0.0], [True])
+    """
+    ms = MatchSettings.resolve(settings)
+    descriptors = sample_features(target_features, target_geometry.image_to_grid(matched.to(target_features.device)))
+    back, _ = locate(
+        source,
+        descriptors,
+        source_geometry,
+        method=ms.method,
+        window=ms.window,
+        temperature=ms.temperature,
+        exhaustive=exhaustive,
+    )
+    cycle = (back.float() - points.to(back.device).float()).norm(dim=1)
+    limit = max(source_geometry.cell_size) if radius is None else float(radius)
+    return cycle, cycle <= limit
+
+
 def global_similarity(src: torch.Tensor, dst: torch.Tensor) -> float:
     """Mean over ``src`` cells of the best cosine similarity in ``dst``: how well ``src`` is explained by ``dst``.
 
@@ -635,11 +692,10 @@ def match_features(
     how = dict(method=ms.method, window=ms.window, temperature=ms.temperature)
     matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, **how)
     if mutual:
-        back_q = sample_features(f2, g2.image_to_grid(matched.to(f2.device)))
-        back, _ = locate(SimilarityMap(f1, g1.image_size), back_q, g1, **how)
-        cycle = (back.cpu() - pts).norm(dim=1)
-        radius = max(g1.cell_size) if mutual_radius is None else float(mutual_radius)
-        is_mutual = cycle <= radius
+        cycle, is_mutual = back_match(
+            SimilarityMap(f1, g1.image_size), g1, f2, g2, matched, pts, settings=ms, radius=mutual_radius
+        )
+        cycle, is_mutual = cycle.cpu(), is_mutual.cpu()
     else:
         cycle = torch.full((pts.shape[0],), float("nan"))
         is_mutual = torch.zeros(pts.shape[0], dtype=torch.bool)

@@ -86,6 +86,7 @@ class DistillDiftModel(nn.Module):
         self.stride = min(reductions)
         self.size_multiple = max(reductions)
         self.feature_dim = int(self._probe_dim())
+        self._premerge: dict[str, torch.Tensor] = {}  # exact base weights while the adapter is merged
 
     @property
     def timm_model(self) -> nn.Module:
@@ -102,22 +103,46 @@ class DistillDiftModel(nn.Module):
         """True when the adapter weights are merged into the base weights (zero inference overhead)."""
         if not self.has_adapter:
             return False
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        layers = [m for m in self.timm_model.modules() if isinstance(m, BaseTunerLayer)]
+        layers = [m for _, m in self._tuner_layers()]
         return bool(layers) and all(m.merged for m in layers)
 
+    def _tuner_layers(self) -> list[tuple[str, nn.Module]]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [(n, m) for n, m in self.timm_model.named_modules() if isinstance(m, BaseTunerLayer)]
+
     def merge_adapter(self) -> DistillDiftModel:
-        """Merge the LoRA weights into the backbone (in place); forward then costs the same as the bare backbone."""
+        """Merge the LoRA weights into the backbone (in place); forward then costs the same as the bare backbone.
+
+        The exact base weights of the adapted layers are kept (on CPU) so that :meth:`unmerge_adapter` and saving
+        restore them bit for bit (``W + dW - dW`` is not exactly ``W`` in floating point).
+        """
         if self.has_adapter and not self.merged:
+            self._premerge = {
+                f"{name}.base_layer.weight": m.base_layer.weight.detach().to("cpu", copy=True)
+                for name, m in self._tuner_layers()
+            }
             self.backbone.merge_adapter()
         return self
 
     def unmerge_adapter(self) -> DistillDiftModel:
-        """Undo :meth:`merge_adapter` (needed before training the adapter again)."""
+        """Undo :meth:`merge_adapter` exactly (needed before training the adapter again)."""
         if self.has_adapter and self.merged:
             self.backbone.unmerge_adapter()
+            with torch.no_grad():
+                for name, m in self._tuner_layers():
+                    saved = self._premerge.get(f"{name}.base_layer.weight")
+                    if saved is not None:
+                        m.base_layer.weight.copy_(saved)
+            self._premerge = {}
         return self
+
+    @property
+    def premerge_weights(self) -> dict[str, torch.Tensor]:
+        """While merged: the exact base weights of the adapted layers (timm state-dict keys with peft's
+        ``base_layer``); empty otherwise. :func:`distilldift.hub.base_state_dict` uses them, so saving a merged model
+        never touches its weights."""
+        return dict(self._premerge) if self.merged else {}
 
     def enable_qv_only_training(self) -> None:
         """Make ``lora_B`` trainable, zero it outside the q/v blocks, and mask its gradients there.
@@ -187,11 +212,44 @@ class DistillDiftModel(nn.Module):
         return GridGeometry(image_size=image_size, input_size=(w, h), grid_size=(w // self.stride, h // self.stride))
 
     def prepare(
-        self, image: torch.Tensor, size: int | None = None, resize: str | None = None
+        self,
+        image: torch.Tensor,
+        size: int | None = None,
+        resize: str | None = None,
+        *,
+        geometry: GridGeometry | None = None,
     ) -> tuple[torch.Tensor, GridGeometry]:
-        """``(3, H, W)`` [0, 1] image -> ``((3, h, w)`` normalised model input, its :class:`GridGeometry`)."""
-        geom = self.geometry((int(image.shape[-1]), int(image.shape[-2])), size, resize)
-        return preprocess(image, geom.input_size, self.variant.mean, self.variant.std), geom
+        """Image(s) in [0, 1] -> (normalised model input, its :class:`GridGeometry`).
+
+        The one place images become model inputs (matching, video, teachers, retrieval and training all call it).
+
+        Args:
+            image: ``(3, H, W)`` or a batch ``(B, 3, H, W)`` of one size.
+            size, resize: input size / resize mode (default: the variant's).
+            geometry: use this geometry (e.g. the query frame's for every frame of a video) instead of computing
+                one from ``size`` and ``resize``; the image must have its ``image_size``.
+
+        Returns:
+            ``(3, h, w)`` or ``(B, 3, h, w)`` float32 input (resized bilinear with antialiasing, normalised with
+            the variant's mean and std) and the geometry; ``(w, h) = geometry.input_size``.
+
+        Example:
+            >>> import torch
+            >>> from distilldift import create_model
+            >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+            >>> x, geom = m.prepare(torch.rand(2, 3, 60, 90), size=84, resize="keep_aspect")
+            >>> tuple(x.shape), geom.grid_size
+            ((2, 3, 56, 84), (6, 4))
+        """
+        if image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise ShapeError("image", "(3, H, W) or (B, 3, H, W)", tuple(image.shape))
+        size_wh = (int(image.shape[-1]), int(image.shape[-2]))
+        if geometry is None:
+            geometry = self.geometry(size_wh, size, resize)
+        elif size_wh != geometry.image_size:
+            w, h = geometry.image_size
+            raise ShapeError("image", f"(..., 3, {h}, {w}) as the geometry", tuple(image.shape))
+        return preprocess(image, geometry.input_size, self.variant.mean, self.variant.std), geometry
 
     def save_pretrained(self, folder, *, save_base: bool | None = None):
         """Write the model to ``folder`` for ``load_model(folder)`` (see :func:`distilldift.save_pretrained`)."""

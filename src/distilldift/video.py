@@ -20,8 +20,8 @@ from .errors import InvalidInputError
 from .features import resolve_model
 from .files import atomic_path, check_output
 from .frames import FrameSource, VideoInput, frame_batches, iter_frames
-from .images import as_points, check_points_inside, preprocess
-from .matching import MatchSettings, SimilarityMap, locate, sample_features, window_pixels
+from .images import as_points, check_points_inside
+from .matching import MatchSettings, SimilarityMap, back_match, locate, sample_features, window_pixels
 from .model import DistillDiftModel
 
 __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
@@ -36,8 +36,9 @@ class Tracks:
     Attributes:
         points: ``(T, N, 2)`` pixel ``(x, y)`` of each query point in each frame (pixel centres at integers).
         scores: ``(T, N)`` cosine similarity of the match in each frame.
-        visible: ``(T, N)`` bool: the match is mutual (matching it back to the query frame lands within one
-            feature cell of the query) and, if ``min_score`` was given, its score is at least that.
+        visible: ``(T, N)`` bool: the match is mutual (:func:`distilldift.matching.back_match`: matching it back to
+            the query frame lands within one feature cell of the query, in pixels, the same test as
+            ``Matches.mutual``) and, if ``min_score`` was given, its score is at least that.
         query: ``(N, 2)`` the query points, pixels of frame ``query_frame``.
         query_frame: index of the frame the points were placed on.
         fps: the video's frame rate, if known.
@@ -105,8 +106,9 @@ def _forward_stream(
             yield run(x)
         return
     share = max(1, threads // workers)
-    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(share,),
-                            thread_name_prefix="distilldift-forward") as pool:  # fmt: skip
+    with ThreadPoolExecutor(
+        workers, initializer=torch.set_num_threads, initargs=(share,), thread_name_prefix="distilldift-forward"
+    ) as pool:
         pending: deque = deque()
         for x in batches:
             pending.append(pool.submit(run, x))
@@ -165,10 +167,10 @@ def track_video(
         search_radius: temporal stability: search each frame only within this many feature cells of the point's
             previous visible position (``None``: the whole frame).
         min_score: also mark matches with a lower score as not visible.
-        exhaustive: evaluate the upsampled similarity at every pixel of every frame and back-match at full
-            resolution (as :func:`match_points` does). Default: coarse to fine, i.e. the best feature cell, then the
-            exact upsampled similarity within 2 cells of it, and the visibility back-match on the grid: the same
-            result unless the best pixel lies far from the best cell, and many times faster on large frames.
+        exhaustive: evaluate the upsampled similarity at every pixel of every frame, for matches and back-matches
+            (as :func:`match_points` does). Default: coarse to fine, i.e. the best feature cell, then the exact
+            upsampled similarity within 2 cells of it: the same result unless the best pixel lies far from the
+            best cell, and many times faster on large frames.
         device: run on this device (the model is moved there); default: where the model is.
         progress: show a progress bar (rich).
         prefetch: decode and resize the next batch in a background thread while the model runs.
@@ -225,7 +227,7 @@ def track_video(
         geom = model.geometry((int(query_img.shape[-1]), int(query_img.shape[-2])), size, resize)
     image_size = geom.image_size
     check_points_inside(pts, image_size)
-    x = preprocess(query_img, geom.input_size, model.variant.mean, model.variant.std)
+    x, _ = model.prepare(query_img, geometry=source.arriving(geom))
     fq = model(x[None].to(p.device, p.dtype))[0].float()
     query_grid = geom.image_to_grid(pts.to(fq.device))
     queries = sample_features(fq, query_grid)
@@ -233,8 +235,6 @@ def track_video(
     up_query = SimilarityMap(fq, image_size, axes)
     how = dict(method=ms.method, window=ms.window, temperature=ms.temperature)
     search = None if search_radius is None else window_pixels(geom, search_radius)
-    back_radius = max(geom.cell_size)
-    gw = geom.grid_size[0]
 
     # 2. every frame, streamed in batches
     out_pts, out_scores, out_vis = [], [], []
@@ -262,14 +262,7 @@ def track_video(
                 if search is not None:
                     mask = _window_mask(prev, search, image_size) | ~prev_ok.view(-1, 1, 1)
                 loc, score = locate(up, queries, geom, exhaustive=exhaustive, mask=mask, **how)
-                back = sample_features(f, geom.image_to_grid(loc))
-                if exhaustive:  # back-match at full resolution, as match_points does
-                    back_loc, _ = locate(up_query, back, geom, **how)
-                    vis = (back_loc - pts.to(back_loc.device)).norm(dim=1) <= back_radius
-                else:  # back-match on the grid: the best cell must be within one cell of the query
-                    best = up_query.grid(back).reshape(back.shape[0], -1).argmax(dim=1)
-                    cell = torch.stack([best % gw, best // gw], 1).to(query_grid.dtype)
-                    vis = (cell - query_grid).norm(dim=1) <= 1.0
+                _, vis = back_match(up_query, geom, f, geom, loc, pts, settings=ms, exhaustive=exhaustive)
                 if min_score is not None:
                     vis &= score >= min_score
                 prev = torch.where(vis.view(-1, 1), loc, prev)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
-from ..images import preprocess
 from ..model import DistillDiftModel
 
 __all__ = ["global_embeddings", "retrieval_neighbours", "PairSampler", "read_pairs_file"]
@@ -23,13 +22,12 @@ def global_embeddings(model: DistillDiftModel, images: Sequence[torch.Tensor], b
 
     ``images``: ``(3, H, W)`` tensors in [0, 1] of any sizes, each stretched to the variant's square input.
     """
-    net, v = model.timm_model, model.variant
+    net = model.timm_model
     p = next(model.parameters())
-    size = model.geometry((v.input_size, v.input_size), resize="stretch").input_size
     out = []
     for s in range(0, len(images), batch_size):
         chunk = images[s : s + batch_size]
-        x = torch.stack([preprocess(im, size, v.mean, v.std) for im in chunk]).to(p.device, p.dtype)
+        x = torch.stack([model.prepare(im, resize="stretch")[0] for im in chunk]).to(p.device, p.dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu())
     return F.normalize(torch.cat(out), dim=1)
@@ -116,8 +114,10 @@ def read_pairs_file(path: str | Path, images: Sequence[Path], root: Path) -> lis
     """Read ``[["a.jpg", "b.jpg"], ...]`` (paths relative to ``root``) as index pairs into ``images``."""
     path = Path(path)
     if not path.exists():
-        raise InvalidInputError(f"pairs='given' needs a pairs file: {str(path)!r} not found "
-                                '(JSON: [["a.jpg", "b.jpg"], ...], paths relative to the data folder)')  # fmt: skip
+        raise InvalidInputError(
+            f"pairs='given' needs a pairs file: {str(path)!r} not found "
+            '(JSON: [["a.jpg", "b.jpg"], ...], paths relative to the data folder)'
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -129,8 +129,9 @@ def read_pairs_file(path: str | Path, images: Sequence[Path], root: Path) -> lis
             raise InvalidInputError(f'pairs file {str(path)!r}, entry {n}: expected ["a.jpg", "b.jpg"], got {item!r}')
         missing = [x for x in item if x not in index]
         if missing:
-            raise InvalidInputError(f"pairs file {str(path)!r}, entry {n}: {missing[0]!r} is not an image below "
-                                    f"{str(root)!r}")  # fmt: skip
+            raise InvalidInputError(
+                f"pairs file {str(path)!r}, entry {n}: {missing[0]!r} is not an image below {str(root)!r}"
+            )
         out.append((index[item[0]], index[item[1]]))
     if not out:
         raise InvalidInputError(f"pairs file {str(path)!r} lists no pairs")

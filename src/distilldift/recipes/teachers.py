@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, MissingDependencyError
-from ..images import preprocess
 from ..model import DistillDiftModel
 
 __all__ = ["Teacher", "ModelTeacher", "EnsembleTeacher", "DiffusionTeacher", "to_grid"]
@@ -56,9 +55,7 @@ class ModelTeacher(Teacher):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, grid: tuple[int, int], categories: Sequence[str] | None = None):
         p = next(self.model.parameters())
-        geom = self.model.geometry((images.shape[-1], images.shape[-2]), self.size)
-        v = self.model.variant
-        x = torch.stack([preprocess(im, geom.input_size, v.mean, v.std) for im in images.float()])
+        x, _ = self.model.prepare(images.float(), self.size)
         return to_grid(self.model(x.to(p.device, p.dtype)), grid)
 
 
@@ -94,8 +91,16 @@ class DiffusionTeacher(Teacher):
         pipe: a ``diffusers.StableDiffusionXLPipeline`` (``from_pretrained`` loads SDXL-Turbo).
     """
 
-    def __init__(self, pipe, *, size: int = 980, timesteps: Sequence[int] = (51, 101, 151, 201),
-                 prompt: str = "a photo of a {category}", default_category: str = "object", seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        *,
+        size: int = 980,
+        timesteps: Sequence[int] = (51, 101, 151, 201),
+        prompt: str = "a photo of a {category}",
+        default_category: str = "object",
+        seed: int = 0,
+    ):
         super().__init__()
         from diffusers import DDIMScheduler
 
@@ -131,8 +136,9 @@ class DiffusionTeacher(Teacher):
         latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
         names = list(categories) if categories is not None else [None] * b
         prompts = [self.prompt.format(category=c or self.default_category) for c in names]
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)  # fmt: skip
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         # SDXL micro-conditioning: (original size, crop top-left, target size)
         time_ids = torch.tensor([[self.size, self.size, 0, 0, self.size, self.size]], device=device, dtype=dtype)
         cond = {"text_embeds": pooled.to(dtype), "time_ids": time_ids.repeat(b, 1)}

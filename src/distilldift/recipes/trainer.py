@@ -23,7 +23,6 @@ import torch.distributed as dist
 from ..errors import InvalidInputError
 from ..factory import build_model
 from ..files import atomic_path
-from ..images import preprocess
 from ..loading import load_model
 from ..variants import get_variant, list_variants
 from .cache import TeacherCache, build_teacher_cache
@@ -136,8 +135,16 @@ def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainCo
     return [int(e) for e in first], second
 
 
-def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
-          overwrite: bool = False, recipe: str = "", log=print) -> Path:  # fmt: skip
+def train(
+    config: TrainConfig,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    recipe: str = "",
+    log=print,
+) -> Path:
     """Distil the teachers of ``config`` into its student on the images below ``data``; write results to ``out``.
 
     ``out`` receives ``teacher-cache/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``log.jsonl``
@@ -172,8 +179,7 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
     torch.manual_seed(config.seed)
 
     # 2. data and student
-    images = TrainImages(data, size=config.image_size, copies=config.copies, augment=config.augment,
-                         seed=config.seed)  # fmt: skip
+    images = TrainImages(data, size=config.image_size, copies=config.copies, augment=config.augment, seed=config.seed)
     if config.pairs not in ("retrieval", "category", "given"):
         raise InvalidInputError(f"pairs must be 'retrieval', 'category' or 'given', got {config.pairs!r}")
     given = None  # checked before the (long) teacher cache is built
@@ -233,9 +239,17 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         log(f"teacher cache: {', '.join(config.teachers)} over {len(images)} images into {cache_dir} (resumable)")
         teacher = EnsembleTeacher([_teacher(t, device) for t in config.teachers]).to(device)
         categories = [images.categories[e // images.copies] for e in range(len(images))]
-        build_teacher_cache(teacher, images.ids(), cache_dir, grid=grid,
-                            image_size=(config.image_size, config.image_size), categories=categories,
-                            batch_size=config.cache_batch_size, loader=images.load_id, progress=True)  # fmt: skip
+        build_teacher_cache(
+            teacher,
+            images.ids(),
+            cache_dir,
+            grid=grid,
+            image_size=(config.image_size, config.image_size),
+            categories=categories,
+            batch_size=config.cache_batch_size,
+            loader=images.load_id,
+            progress=True,
+        )
         del teacher
     if dist.is_initialized():
         dist.barrier()
@@ -274,15 +288,17 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         start = ckpt["step"]
         log_path = out / "log.jsonl"
         if rank == 0 and log_path.exists():  # steps logged after the checkpoint were lost with the kill: redone below
-            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start]  # fmt: skip
+            kept = [
+                line
+                for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= start
+            ]
             with atomic_path(log_path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         log(f"resumed from step {start}")
     model = torch.nn.parallel.DistributedDataParallel(student) if dist.is_initialized() else student
 
     # 6. the loop
-    v = student.variant
     per_rank = config.batch_size // world
     log_file = open(out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
@@ -290,13 +306,14 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
         first, second = draw_pairs(sampler, len(images.base), images.copies, config, step)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         a, b = first[mine], second[mine]
-        x = torch.stack([preprocess(images.load(e), (config.image_size,) * 2, v.mean, v.std) for e in a + b])
+        x = torch.stack([student.prepare(images.load(e), config.image_size, "stretch")[0] for e in a + b])
         x = x.to(device)
         t = torch.stack([cache[e] for e in a + b]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # mixed precision (default: on GPU)
             s = model(x)
-            terms = {"distill": distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:],
-                                                  config.temperature)}  # fmt: skip
+            terms = {
+                "distill": distillation_loss(s[:per_rank], s[per_rank:], t[:per_rank], t[per_rank:], config.temperature)
+            }
             if hints is not None:
                 terms["hint"] = hint_loss(stages, hints(x))
             weight = config.distill_weight if step >= config.distill_start else 0.0
@@ -314,12 +331,18 @@ def train(config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, 
                 elapsed = time.perf_counter() - t0
                 log(f"step {step + 1}/{config.steps}  loss {record['loss']:.4f} ({parts})  {elapsed:.0f}s")
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            _save_checkpoint(ckpt_path, {
-                "step": step + 1, "config": config.to_dict(), "rng": torch.get_rng_state(),
-                "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
-                "buffers": {n: b.detach().cpu() for n, b in student.named_buffers()},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            })  # fmt: skip
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "step": step + 1,
+                    "config": config.to_dict(),
+                    "rng": torch.get_rng_state(),
+                    "trainable": {n: p.detach().cpu() for n, p in trainable.items()},
+                    "buffers": {n: b.detach().cpu() for n, b in student.named_buffers()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+            )
     if log_file is not None:
         log_file.close()
 

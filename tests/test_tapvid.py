@@ -1,0 +1,107 @@
+"""TAP-Vid metrics on hand-made cases whose values are worked out exactly."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from distilldift import InvalidInputError, ShapeError
+from distilldift.tapvid import TrackingMetrics, tapvid_metrics
+
+
+def _case():
+    """4 frames, 3 points, all queried on frame 0 ("first": frames 1-3 are evaluated, 9 entries).
+
+    point 0: visible throughout; predicted 0, 1.5, 5 and 20 px off (x), always predicted visible.
+    point 1: occluded on frames 2-3; predicted exact where visible, predicted visible on frame 2 (a false positive
+             at every threshold) and occluded on frame 3 (right).
+    point 2: visible, but predicted outside the frame (x = -100) and occluded on frames 1-3.
+    """
+    gt = np.zeros((4, 3, 2))
+    gt[:, :, 0] = [[10, 50, 90]]
+    gt[:, :, 1] = 30.0
+    gt_vis = np.ones((4, 3), bool)
+    gt_vis[2:, 1] = False
+    pred = gt.copy()
+    pred[:, 0, 0] += [0, 0, 1.5, 5]
+    pred[3, 0, 0] = gt[3, 0, 0] + 20
+    pred[1:, 2, 0] = -100
+    pred_vis = np.ones((4, 3), bool)
+    pred_vis[3, 1] = False
+    pred_vis[1:, 2] = False
+    return pred, pred_vis, gt, gt_vis
+
+
+def test_first_query_mode_by_hand():
+    m = tapvid_metrics(*_case(), [0, 0, 0])
+    assert m.evaluated == 9
+    # occlusion: point 0 right x3, point 1 right on 1 and 3 (frame 2 wrong), point 2 wrong x3 -> 5 / 9
+    assert m.occlusion_accuracy == pytest.approx(5 / 9, abs=0)
+    # truly visible evaluated entries: point 0 x3, point 1 frame 1, point 2 x3 = 7
+    # within d (ignoring predicted visibility): point 0 frame 1 (0 px), frame 2 (1.5 px), frame 3 (20 px);
+    # point 1 frame 1 (0 px); point 2 never
+    within = {1: 2, 2: 3, 4: 3, 8: 3, 16: 3}
+    assert m.delta == {d: pytest.approx(k / 7, abs=0) for d, k in within.items()}
+    # TP: within, truly and predicted visible (point 2 is predicted occluded: never a TP) = within here
+    # FP: predicted visible and (occluded or not within): point 1 frame 2 always; point 0 entries not within
+    fp = {1: 1 + 1 + 1, 2: 1 + 1, 4: 1 + 1, 8: 1 + 1, 16: 1 + 1}
+    jac = {d: Fraction(within[d], 7 + fp[d]) for d in within}
+    assert m.jaccard == {d: pytest.approx(float(v), abs=1e-15) for d, v in jac.items()}
+    assert m.average_jaccard == pytest.approx(float(sum(jac.values()) / 5), abs=1e-15)
+    assert m.average_delta == pytest.approx(float(sum(Fraction(k, 7) for k in within.values()) / 5), abs=1e-15)
+
+
+def test_strided_mode_and_queries_on_later_frames():
+    pred, pred_vis, gt, gt_vis = _case()
+    # point 0 queried on frame 2: "first" evaluates frame 3 only; "strided" frames 0, 1, 3
+    first = tapvid_metrics(pred[:, :1], pred_vis[:, :1], gt[:, :1], gt_vis[:, :1], [2])
+    assert first.evaluated == 1 and first.delta[16] == 0.0 and first.occlusion_accuracy == 1.0
+    strided = tapvid_metrics(pred[:, :1], pred_vis[:, :1], gt[:, :1], gt_vis[:, :1], [2], query_mode="strided")
+    assert strided.evaluated == 3
+    assert strided.delta == {1: 2 / 3, 2: 2 / 3, 4: 2 / 3, 8: 2 / 3, 16: 2 / 3}
+    assert strided.jaccard[1] == pytest.approx(2 / 4)  # 2 TP, 1 FP (frame 3, 20 px), 3 visible
+
+
+def test_occluded_query_frames_and_all_occluded_tracks():
+    t, n = 5, 2
+    gt = np.zeros((t, n, 2))
+    gt_vis = np.zeros((t, n), bool)  # every point occluded on every frame
+    # predicted occluded everywhere: perfect OA; no visible entry -> delta undefined, jaccard 0 / 0 undefined
+    m = tapvid_metrics(gt, np.zeros((t, n), bool), gt, gt_vis, [0, 1])
+    assert m.occlusion_accuracy == 1.0 and m.evaluated == 4 + 3
+    assert np.isnan(m.average_delta) and np.isnan(m.average_jaccard)
+    # predicted visible everywhere: every evaluated entry is a false positive -> jaccard 0, OA 0
+    m = tapvid_metrics(gt, np.ones((t, n), bool), gt, gt_vis, [0, 1])
+    assert m.average_jaccard == 0.0 and m.occlusion_accuracy == 0.0
+
+
+def test_distance_exactly_at_threshold_is_not_within():
+    gt = np.zeros((2, 1, 2))
+    pred = gt.copy()
+    pred[1, 0] = [3.0, 4.0]  # 5 px: within 8 and 16 only; exactly 4 would not count for d = 4
+    vis = np.ones((2, 1), bool)
+    assert tapvid_metrics(pred, vis, gt, vis, [0]).delta == {1: 0.0, 2: 0.0, 4: 0.0, 8: 1.0, 16: 1.0}
+    pred[1, 0] = [4.0, 0.0]
+    assert tapvid_metrics(pred, vis, gt, vis, [0]).delta[4] == 0.0
+
+
+def test_mean_over_videos_weighs_videos_equally():
+    a = tapvid_metrics(*_case(), [0, 0, 0])
+    pred, pred_vis, gt, gt_vis = _case()
+    b = tapvid_metrics(gt, gt_vis, gt, gt_vis, [0, 0, 0])  # perfect
+    m = TrackingMetrics.mean([a, b])
+    assert b.average_jaccard == 1.0 and b.occlusion_accuracy == 1.0
+    assert m.average_jaccard == pytest.approx((a.average_jaccard + 1) / 2)
+    assert m.videos == 2 and m.evaluated == 18
+
+
+def test_bad_inputs_name_the_field():
+    pred, pred_vis, gt, gt_vis = _case()
+    with pytest.raises(ShapeError, match=r"pred_visible: expected shape \(4,3\), got \(3, 4\)"):
+        tapvid_metrics(pred, pred_vis.T, gt, gt_vis, [0, 0, 0])
+    with pytest.raises(ShapeError, match="query_frames"):
+        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0])
+    with pytest.raises(InvalidInputError, match=r"query_frames must lie in \[0, 3\]"):
+        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 4])
+    with pytest.raises(InvalidInputError, match="query_mode must be one of first, strided"):
+        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 0], query_mode="all")
