@@ -41,7 +41,7 @@ class LoraSpec:
         qv_only: adapt only the query and value thirds of a fused ``qkv`` Linear, as the paper does. Stored
             exactly as a peft LoRA of rank ``2 * rank`` and ``lora_alpha = 2 * rank`` (scaling 1), whose
             ``lora_B`` is zero outside the q rows x first ``rank`` columns and the v rows x last ``rank``
-            columns (see DESIGN.md).
+            columns (`DistillDiftModel.enable_qv_only_training` keeps it so while training).
         alpha: LoRA ``alpha`` when ``qv_only`` is False (scaling ``alpha / rank``); ``None`` means ``rank``.
         dropout: dropout on the LoRA input during training.
     """

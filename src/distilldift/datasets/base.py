@@ -1,4 +1,4 @@
-"""Readers for the semantic-correspondence benchmarks' on-disk formats, shared by evaluation and training.
+"""Readers for the semantic-correspondence benchmarks' on-disk formats (used by `evaluate` and `distilldift eval`).
 
 Every reader returns a :class:`PairDataset`: a list of :class:`Pair` records with keypoints as ``(x, y)`` pixel
 coordinates in distilldift's convention (integers at pixel centres, origin at the top-left pixel's centre),
