@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import SHARED, requires_shared
 from distilldift import InvalidInputError
+from distilldift.recipes import distill as distill_module
 from distilldift.recipes import trainer as trainer_module
 from distilldift.recipes.config import apply_overrides, list_recipes, load_recipe
 
@@ -72,7 +73,7 @@ MICRO_LITE = ['student="lite"', "image_size=64", "copies=2", "k=2", "batch_size=
 def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch, micro):
     config = apply_overrides(load_recipe("tiny"), micro)
     straight = trainer_module.train(config, data, tmp_path / "a", log=lambda *_: None)
-    real_loss, calls = trainer_module.distillation_loss, {"n": 0}
+    real_loss, calls = distill_module.distillation_loss, {"n": 0}
 
     def dying_loss(*args, **kwargs):
         calls["n"] += 1
@@ -80,11 +81,11 @@ def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch,
             raise KeyboardInterrupt("killed")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "distillation_loss", dying_loss)
+    monkeypatch.setattr(distill_module, "distillation_loss", dying_loss)
     with pytest.raises(KeyboardInterrupt):
         trainer_module.train(config, data, tmp_path / "b", log=lambda *_: None)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(trainer_module, "distillation_loss", real_loss)
+    monkeypatch.setattr(distill_module, "distillation_loss", real_loss)
     resumed = trainer_module.train(config, data, tmp_path / "b", resume=True, log=lambda *_: None)
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -141,8 +142,8 @@ def test_lora_student_starts_from_a_fresh_adapter(data, tmp_path):
 
 def test_given_pairs(data, tmp_path):
     """pairs="given" draws only the pairs of the pairs file (either order); a bad file fails before any work."""
+    from distilldift.recipes.distill import draw_pairs
     from distilldift.recipes.pairs import PairSampler, read_pairs_file
-    from distilldift.recipes.trainer import draw_pairs
 
     images = sorted(data.glob("*.png"))  # astronaut, camera, chelsea, coffee, horse, rocket
     (tmp_path / "pairs.json").write_text(json.dumps([["chelsea.png", "horse.png"], ["coffee.png", "chelsea.png"]]))
@@ -303,7 +304,7 @@ def test_mixed_precision_computes_the_same_losses(data, tmp_path):
     assert bf16["hint"] == pytest.approx(fp32["hint"], rel=0.01)  # measured < 0.02 %
     assert bf16["distill"] != fp32["distill"]  # autocast really ran in bf16
     assert all(np.isfinite(r["loss"]) for r in logs["bf16"])
-    with pytest.raises(InvalidInputError, match="mixed_precision must be 'auto', 'bf16' or 'no', got 'fp8'"):
+    with pytest.raises(InvalidInputError, match="mixed_precision must be one of auto, bf16, no, got 'fp8'"):
         trainer_module.train(apply_overrides(config, ['mixed_precision="fp8"']), data, tmp_path / "x")
 
 

@@ -74,6 +74,15 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+# settings with a fixed set of values
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "student_init": ("pretrained", "random"),
+    "train": ("lora", "full"),
+    "pairs": ("retrieval", "category", "given"),
+    "mixed_precision": ("auto", "bf16", "no"),
+}
+
+
 def _check_range(key: str, value: float) -> None:
     low, high, closed = _RANGES.get(key, (float("-inf"), float("inf"), True))
     if not (value >= low if closed else value > low) or value > high:
@@ -132,6 +141,8 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> 
             raise InvalidInputError(f"{key} must be a JSON object, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise InvalidInputError(f"{key} must be a string, got {value!r}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise InvalidInputError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
         if key == "teachers" and not value:
             raise InvalidInputError('teachers must name at least one teacher, e.g. teachers=["lite"]')
         if isinstance(default, bool) and not isinstance(value, bool):

@@ -52,6 +52,10 @@ class TrainImages:
         """``(3, size, size)`` float image of entry ``entry``."""
         return self._make(self.base[entry // self.copies], entry % self.copies)
 
+    def load_original(self, path: Path) -> torch.Tensor:
+        """``(3, size, size)`` float image of ``path`` without augmentation (copy 0)."""
+        return self._make(Path(path), 0)
+
     def load_id(self, ident: str) -> torch.Tensor:
         path, _, copy = ident.rpartition("#")
         return self._make(Path(path), int(copy))

@@ -1,0 +1,163 @@
+"""The distillation objective (the paper, section 3.2): the student learns the teachers' similarity structure.
+
+Teachers run once, over every training image, into a teacher cache; pairs of images (retrieval neighbours, same
+category, or given) are drawn per step as a pure function of ``(seed, step)``; the loss compares the student's and
+the cached teachers' similarity distributions (``losses.distillation_loss``), optionally with block-wise hints.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from ..loading import load_model
+from ..model import DistillDiftModel
+from ..variants import get_variant, list_variants
+from .cache import TeacherCache, build_teacher_cache
+from .config import TrainConfig
+from .data import TrainImages
+from .engine import Objective, Run
+from .hints import HintTeacher, backbone_stages, hint_loss
+from .losses import distillation_loss
+from .pairs import PairSampler, global_embeddings, read_pairs_file, retrieval_neighbours
+from .teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher
+
+__all__ = ["Distillation", "draw_pairs"]
+
+
+def _teacher(name: str, device: torch.device):
+    if name == "sdxl_turbo":  # the paper's diffusion teacher (diffusers; downloads SDXL-Turbo)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        return DiffusionTeacher.from_pretrained("stabilityai/sdxl-turbo", device=device, dtype=dtype)
+    return ModelTeacher(load_model(name))
+
+
+def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainConfig, step: int):
+    """The training entries ``(first, second)`` of ``step``: ``config.batch_size`` each, a pure function of the seed.
+
+    Entry ``e`` is copy ``e % copies`` of image ``e // copies``. With probability ``config.self_pairs`` an image is
+    paired with another augmented copy of itself, otherwise with ``sampler.partner``.
+    """
+    rng = np.random.default_rng([config.seed, step])
+    if sampler.anchors is None:
+        first = rng.integers(0, n_images * copies, size=config.batch_size)
+    else:  # given pairs: start from a listed image, any of its copies
+        starts = np.asarray(sampler.anchors)[rng.integers(0, len(sampler.anchors), size=config.batch_size)]
+        first = starts * copies + rng.integers(0, copies, size=config.batch_size)
+    second = []
+    for e in first:
+        base = int(e) // copies
+        if rng.random() >= config.self_pairs:
+            base = sampler.partner(base, rng)
+        second.append(base * copies + int(rng.integers(copies)))
+    return [int(e) for e in first], second
+
+
+class Distillation(Objective):
+    """Multi-teacher distillation on the images below the data folder (the ``coco`` and ``tiny`` recipes)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.images: TrainImages | None = None
+        self.given = None
+        self.hints = self.stages = None
+        self.cache: TeacherCache | None = None
+        self.sampler: PairSampler | None = None
+
+    def check(self, run: Run) -> None:
+        c = self.config
+        if c.hint_weight == 0 and (c.distill_weight == 0 or c.distill_start > 0):
+            raise InvalidInputError(
+                "nothing to learn: the similarity loss is off (distill_weight=0 or distill_start>0) and so are "
+                "hints; set distill_weight>0 and distill_start=0, or hint_weight>0"
+            )
+        self.images = TrainImages(run.data, size=c.image_size, copies=c.copies, augment=c.augment, seed=c.seed)
+        if c.pairs == "given":  # checked before the (long) teacher cache is built
+            pairs_file = c.pairs_file or self.images.root / "pairs.json"
+            self.given = read_pairs_file(pairs_file, self.images.base, self.images.root)
+
+    def prepare(self, run: Run, student: DistillDiftModel) -> None:
+        c, images = self.config, self.images
+        grid = student.geometry((c.image_size, c.image_size), c.image_size).grid_size
+        if c.hint_weight > 0:  # block-wise hints (checked before the long cache build): targets computed on the fly
+            self.hints = HintTeacher(load_model(c.teachers[0]).backbone, student.backbone).to(run.device)
+            self.stages = backbone_stages(student.backbone)
+
+        # teacher cache: teachers run once (rank 0), training reads only the cache (and hints their cheap teacher)
+        cache_dir = run.out / "teacher-cache"
+        if run.rank == 0:
+            run.log(f"teacher cache: {', '.join(c.teachers)} over {len(images)} images into {cache_dir} (resumable)")
+            teacher = EnsembleTeacher([_teacher(t, run.device) for t in c.teachers]).to(run.device)
+            categories = [images.categories[e // images.copies] for e in range(len(images))]
+            build_teacher_cache(
+                teacher,
+                images.ids(),
+                cache_dir,
+                grid=grid,
+                image_size=(c.image_size, c.image_size),
+                categories=categories,
+                batch_size=c.cache_batch_size,
+                loader=images.load_id,
+                progress=True,
+            )
+            del teacher
+        run.barrier()
+        self.cache = TeacherCache(cache_dir)
+
+        # pairs: among the original images (copies of one photo are never each other's partner)
+        if c.pairs == "retrieval":
+            pairs_file = run.out / "neighbours.json"
+            if run.rank == 0 and not pairs_file.exists():
+                embedder = load_model(c.retrieval_model or c.teachers[0])
+                base = [images.load_original(p) for p in images.base]
+                nn = retrieval_neighbours(global_embeddings(embedder, base), k=c.k)
+                pairs_file.write_text(json.dumps(nn.tolist()))
+            run.barrier()
+            self.sampler = PairSampler("retrieval", neighbours=torch.tensor(json.loads(pairs_file.read_text())))
+        elif c.pairs == "category":
+            self.sampler = PairSampler("category", categories=images.categories)
+        else:
+            self.sampler = PairSampler("given", pairs=self.given)
+
+    def batch(self, run: Run, student: DistillDiftModel, step: int) -> dict[str, torch.Tensor]:
+        c, images = self.config, self.images
+        first, second = draw_pairs(self.sampler, len(images.base), images.copies, c, step)
+        per_rank = c.batch_size // run.world
+        mine = slice(run.rank * per_rank, (run.rank + 1) * per_rank)
+        entries = first[mine] + second[mine]  # sources, then their partners
+        x = torch.stack([student.prepare(images.load(e), c.image_size, "stretch")[0] for e in entries])
+        return {"images": x, "teacher": torch.stack([self.cache[e] for e in entries])}
+
+    def terms(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        x, t = batch["images"], batch["teacher"]
+        n = x.shape[0] // 2
+        s = model(x)
+        terms = {"distill": distillation_loss(s[:n], s[n:], t[:n], t[n:], self.config.temperature)}
+        if self.hints is not None:
+            terms["hint"] = hint_loss(self.stages, self.hints(x))
+        return terms
+
+    def weights(self, step: int) -> dict[str, float]:
+        c = self.config
+        return {"distill": c.distill_weight if step >= c.distill_start else 0.0, "hint": c.hint_weight}
+
+    def describe(self, recipe: str) -> tuple[str, str]:
+        c = self.config
+        notes = []
+        for name in c.teachers:
+            if name == "sdxl_turbo":
+                notes.append("SDXL-Turbo: Stability AI non-commercial research community licence")
+            elif name in list_variants() and get_variant(name).license:
+                notes.append(f"{name}: {get_variant(name).license}")
+        init = {"random": "random-init", "pretrained": "pretrained"}.get(c.student_init, c.student_init)
+        description = (
+            f"{get_variant(c.student).arch} ({init} {c.student}) distilled from {', '.join(c.teachers)} by "
+            "distilldift train"
+            + (f" --recipe {recipe}" if recipe else "")
+            + f", {c.steps} steps at {c.image_size}x{c.image_size}"
+        )
+        licence = "Learned from its teachers; their terms apply: " + "; ".join(notes) if notes else ""
+        return description, licence
