@@ -116,7 +116,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
         (("match", good, good, "--model", "no_such_model"), "is not a registered variant"),
         (("match", good, good, "--model", lite_folder, "--points-file", tmp_path / "none.json"), "points file not"),
         (("match", good, tmp_path / "missing.png", "--model", lite_folder), "not found"),
-        ((*train, "stepz=3"), "unknown recipe keys ['stepz']"),
+        ((*train, "stepz=3"), "unknown recipe key 'stepz'"),
         ((*train, "photos/"), "unexpected argument(s) ['photos/']: recipe settings are key=value after --override"),
         # outputs and devices are checked before any work
         (

@@ -125,3 +125,33 @@ def test_ensemble_through_the_cache(tiny_pipe, tmp_path):
         torch.nn.functional.interpolate(images[2][None], size=(48, 48), mode="bilinear", antialias=True), (4, 4), ["c"]
     )[0]
     assert torch.allclose(cache[2], direct, atol=2e-3)  # stored as float16
+
+
+def test_recipe_settings_reach_the_diffusion_teacher(tiny_pipe, monkeypatch):
+    from distilldift import InvalidInputError
+    from distilldift.recipes.config import apply_overrides, load_recipe
+    from distilldift.recipes.teachers import build_teacher
+
+    seen = {}
+
+    def fake_from_pretrained(repo, *, device=None, dtype=None, **kwargs):  # no download: the tiny pipeline
+        seen["repo"] = repo
+        return DiffusionTeacher(tiny_pipe, **kwargs)
+
+    monkeypatch.setattr(DiffusionTeacher, "from_pretrained", staticmethod(fake_from_pretrained))
+    cfg = apply_overrides(
+        load_recipe("coco"),
+        ["diffusion.size=64", "diffusion.timesteps=[11, 21]", 'diffusion.prompt="a {category} photo"'],
+    )
+    teacher = build_teacher("sdxl_turbo", cfg.diffusion, torch.device("cpu"))
+    assert seen["repo"] == "stabilityai/sdxl-turbo"
+    assert (teacher.size, teacher.timesteps, teacher.prompt) == (64, (11, 21), "a {category} photo")
+    assert build_teacher("lite", cfg.diffusion, torch.device("cpu")).name.startswith("lite")
+    for bad, message in [
+        ('teachers=["sdxl-turbo"]', "unknown teacher 'sdxl-turbo': use sdxl_turbo"),
+        ("diffusion.size=100", "multiple of 8"),
+        ("diffusion.timesteps=[51, 1000]", r"\[0, 999\]"),
+        ('diffusion.prompt="a {object}"', "may only use {category}"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            apply_overrides(cfg, [bad])

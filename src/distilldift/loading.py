@@ -150,7 +150,8 @@ def weight_sources(name: str | Variant, *, cache_dir: str | os.PathLike | None =
         cached = folder is not None and _base_cached(read_config(folder_getter(folder), str(folder)).weights, cache_dir)
         sources.append(WeightSource("release", f"{r.repo}@{r.commit[:7]}:{r.path}", cached))
     if not sources:
-        sources.append(WeightSource("none", "nothing published; train it or convert a checkpoint", False))
+        how = f"train it (--recipe {v.recipe})" if v.recipe else "train it"
+        sources.append(WeightSource("none", f"nothing published; {how} or convert a checkpoint", False))
     return sources
 
 
@@ -186,8 +187,14 @@ def _load_registered(
 
         loaders.append(("release", from_release))
     if not loaders:
+        train = (
+            f"train them (`distilldift train --recipe {v.recipe} --data DATA --out runs/{v.name}`, then "
+            f"load_model('runs/{v.name}/model'))"
+            if v.recipe
+            else "train them"
+        )
         raise WeightsNotFoundError(
-            f"no pretrained weights are published for {v.name!r} ({v.description}): train them, or convert your own "
+            f"no pretrained weights are published for {v.name!r} ({v.description}): {train}, or convert your own "
             f"checkpoint with `distilldift convert CHECKPOINT --out DIR --variant {v.name}` and load_model(DIR)"
         )
     sources = {s.kind: s for s in weight_sources(v, cache_dir=cache_dir)}

@@ -140,6 +140,7 @@ class Variant:
         lora: the adapter's shape, or ``None`` for a model without adapter.
         description: one line for ``distilldift models``.
         license: licence note of the weights.
+        recipe: the ``distilldift train --recipe`` that produces these weights (``""``: none ships).
     """
 
     name: str
@@ -157,6 +158,7 @@ class Variant:
     lora: LoraSpec | None = None
     description: str = ""
     license: str = ""
+    recipe: str = ""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -203,7 +205,7 @@ _DISTILL_LICENSE = (
 )
 
 
-def _distilled(name: str, what: str, release: ReleaseFile | None) -> Variant:
+def _distilled(name: str, what: str, release: ReleaseFile | None, recipe: str = "") -> Variant:
     return Variant(
         name=name,
         arch="vit_base_patch14_reg4_dinov2",
@@ -216,6 +218,7 @@ def _distilled(name: str, what: str, release: ReleaseFile | None) -> Variant:
         lora=LoraSpec(rank=8),
         description=f"DINOv2 ViT-B/14-reg + LoRA r=8 (q, v), {what}, 434x434",
         license=_DISTILL_LICENSE,
+        recipe=recipe,
     )
 
 
@@ -279,9 +282,10 @@ for _v in (
             "43d0aec53448859fd86fbc4b3474b42861af9293",
             mirrors=("https://ommer-lab.com/files/distilldift/distilldift_us.ckpt",),
         ),
+        "coco",
     ),
-    # the authors released no CO3D model: train it (3D fine-tuning recipe) or convert your own checkpoint
-    _distilled("distilldift_us_3d", "distilled on COCO + unsupervised 3D fine-tuning on CO3D", None),
+    # the authors released no CO3D model: train it (`--recipe co3d`, from distilldift_us) or convert your own
+    _distilled("distilldift_us_3d", "distilled on COCO + unsupervised 3D fine-tuning on CO3D", None, "co3d"),
     _distilled(
         "distilldift_ws",
         "distilled on SPair-71k pairs without keypoints (weakly supervised)",

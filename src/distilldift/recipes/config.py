@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -10,16 +11,35 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..variants import list_variants
+from .teachers import TEACHERS, DiffusionSettings
 
-__all__ = ["TrainConfig", "load_recipe", "list_recipes", "apply_overrides"]
+__all__ = ["TrainConfig", "Co3dSettings", "load_recipe", "list_recipes", "apply_overrides", "OBJECTIVES"]
+
+OBJECTIVES = ("distill", "co3d")  # recipes/objectives.py maps each to its Objective
+
+
+@dataclass
+class Co3dSettings:
+    """The ``co3d`` objective (3D fine-tuning, the paper's section 3.2): labels from CO3D's depth and cameras."""
+
+    categories: list[str] = field(default_factory=list)  # CO3D categories to use; empty: every one found
+    frames_per_sequence: int = 4  # frames taken evenly from each sequence; the first is the source (the authors' 4)
+    eps: float = 0.01  # a projected point is seen when |z_projected - z_target| < eps (scene units; authors: 0.01)
+    max_labels: int = 4096  # labels kept per (source, target) frame pair in the label cache
+    points_per_pair: int = 128  # labelled points drawn per pair and step
+    kernel: int = 7  # the Gaussian target's window, in feature cells (the paper: 7)
+    sigma: float = 1.4  # its standard deviation, in feature cells (OpenCV's default for a 7-wide kernel)
 
 
 @dataclass
 class TrainConfig:
     """Everything a distillation run needs. Paper values: lr 1e-4, weight decay 0.05, LoRA r=8, tau 0.01, k=10."""
 
+    objective: str = "distill"  # what is learned: "distill" (teachers, section 3.2) | "co3d" (3D fine-tuning)
     student: str = "distilldift_us"  # variant name; trained from its pretrained base unless student_init="random"
-    student_init: str = "pretrained"  # "pretrained" | "random"
+    # "pretrained" (base weights, fresh adapter) | "random" | a variant name or model folder (train its adapter on)
+    student_init: str = "pretrained"
     student_overrides: dict[str, Any] = field(default_factory=dict)  # timm kwargs (tiny students)
     train: str = "lora"  # "lora" (the adapter only, q/v) | "full" (every weight)
     lora_dropout: float = 0.05
@@ -47,6 +67,10 @@ class TrainConfig:
     cache_batch_size: int = 8
     device: str = ""  # default: cuda if available, else cpu
     mixed_precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "bf16" | "no"
+    # keep BatchNorm statistics as they are (fine-tuning a pretrained CNN on small batches); false: learn them
+    freeze_batchnorm: bool = False
+    co3d: Co3dSettings = field(default_factory=Co3dSettings)  # objective="co3d" only
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)  # the sdxl_turbo teacher's settings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,12 +95,19 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "hint_weight": (0, float("inf"), True),
     "lora_dropout": (0, 1, True),
     "self_pairs": (0, 1, True),
+    "co3d.frames_per_sequence": (2, float("inf"), True),
+    "co3d.eps": (0, float("inf"), False),
+    "co3d.max_labels": (1, float("inf"), True),
+    "co3d.points_per_pair": (1, float("inf"), True),
+    "co3d.kernel": (1, float("inf"), True),
+    "co3d.sigma": (0, float("inf"), False),
+    "diffusion.size": (64, float("inf"), True),
 }
 
 
 # settings with a fixed set of values
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "student_init": ("pretrained", "random"),
+    "objective": OBJECTIVES,
     "train": ("lora", "full"),
     "pairs": ("retrieval", "category", "given"),
     "mixed_precision": ("auto", "bf16", "no"),
@@ -113,9 +144,14 @@ def load_recipe(name_or_path: str) -> TrainConfig:
 def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> TrainConfig:
     """Set fields from a dict or from ``["key=value", ...]`` (values parsed as JSON, else kept as strings).
 
+    Nested sections take ``section.key=value`` or ``section={...}``. Every value is checked (type, choices, range)
+    here, so a typo fails before any work.
+
     Example:
         >>> apply_overrides(TrainConfig(), ["steps=5", "teachers=[\\"lite\\"]"]).teachers
         ['lite']
+        >>> apply_overrides(TrainConfig(), ["co3d.eps=0.02"]).co3d.eps
+        0.02
     """
     if isinstance(values, list):
         parsed = {}
@@ -128,31 +164,85 @@ def apply_overrides(config: TrainConfig, values: dict[str, Any] | list[str]) -> 
             except json.JSONDecodeError:
                 parsed[key.strip()] = raw
         values = parsed
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise InvalidInputError(f"unknown recipe keys {unknown}; known: {', '.join(sorted(known))}")
-    out = dataclasses.replace(config)
+    out = copy.deepcopy(config)
     for key, value in values.items():
-        default = getattr(TrainConfig(), key)
-        if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise InvalidInputError(f'{key} must be a JSON list of names, e.g. {key}=["lite"], got {value!r}')
-        if isinstance(default, dict) and not isinstance(value, dict):
-            raise InvalidInputError(f"{key} must be a JSON object, got {value!r}")
-        if isinstance(default, str) and not isinstance(value, str):
-            raise InvalidInputError(f"{key} must be a string, got {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise InvalidInputError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        if key == "teachers" and not value:
-            raise InvalidInputError('teachers must name at least one teacher, e.g. teachers=["lite"]')
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise InvalidInputError(f"{key} must be true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise InvalidInputError(f"{key} must be a number, got {value!r}")
-            if isinstance(default, int) and value != int(value):
-                raise InvalidInputError(f"{key} must be a whole number, got {value!r}")
-            value = type(default)(value)
-            _check_range(key, value)
-        setattr(out, key, value)
+        _set(out, key.split("."), value, "")
     return out
+
+
+def _set(record: Any, path: list[str], value: Any, prefix: str) -> None:
+    """Check ``value`` against the field ``path`` of the dataclass ``record`` and set it."""
+    known = {f.name: f for f in dataclasses.fields(record)}
+    key, name = path[0], prefix + path[0]
+    if key not in known:
+        where = f" in {prefix[:-1]}" if prefix else ""
+        raise InvalidInputError(f"unknown recipe key {name!r}; known{where}: {', '.join(sorted(known))}")
+    default = getattr(type(record)(), key)
+    if dataclasses.is_dataclass(default):
+        if len(path) > 1:
+            return _set(getattr(record, key), path[1:], value, name + ".")
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"{name} must be a JSON object of its settings, e.g. {name}.<key>=value")
+        for sub, v in value.items():
+            _set(getattr(record, key), [sub], v, name + ".")
+        return None
+    if len(path) > 1:
+        raise InvalidInputError(f"{name} has no settings inside it: write {name}=value")
+    setattr(record, key, _checked(name, default, value))
+    return None
+
+
+def _checked(key: str, default: Any, value: Any) -> Any:
+    if isinstance(default, list) and default and isinstance(default[0], int):
+        if not (
+            isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise InvalidInputError(f"{key} must be a JSON list of whole numbers, e.g. {key}={default}, got {value!r}")
+        if key == "diffusion.timesteps" and not all(0 <= v < 1000 for v in value):
+            raise InvalidInputError(f"{key} must lie in [0, 999] (the scheduler's training steps), got {value!r}")
+        return list(value)
+    if isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise InvalidInputError(f'{key} must be a JSON list of names, e.g. {key}=["lite"], got {value!r}')
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise InvalidInputError(f"{key} must be a JSON object, got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise InvalidInputError(f"{key} must be a string, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise InvalidInputError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key == "teachers" and not value:
+        raise InvalidInputError('teachers must name at least one teacher, e.g. teachers=["lite"]')
+    if key == "teachers":
+        for name in value:
+            if name not in TEACHERS and name not in list_variants() and not Path(name).is_dir():
+                raise InvalidInputError(
+                    f"unknown teacher {name!r}: use {', '.join(sorted(TEACHERS))}, a variant name "
+                    f"({', '.join(list_variants())}) or a model folder"
+                )
+    if key == "diffusion.size" and value % 8:
+        raise InvalidInputError(f"diffusion.size must be a multiple of 8 (the VAE's stride), got {value!r}")
+    if key == "diffusion.prompt":
+        try:
+            value.format(category="cat")
+        except (KeyError, IndexError, ValueError) as e:
+            raise InvalidInputError(f"diffusion.prompt may only use {{category}}, got {value!r} ({e})") from None
+    if key == "student_init":
+        _check_init(value)
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise InvalidInputError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InvalidInputError(f"{key} must be a number, got {value!r}")
+        if isinstance(default, int) and value != int(value):
+            raise InvalidInputError(f"{key} must be a whole number, got {value!r}")
+        value = type(default)(value)
+        _check_range(key, value)
+    return value
+
+
+def _check_init(value: str) -> None:
+    if value in ("pretrained", "random") or value in list_variants() or Path(value).is_dir():
+        return
+    raise InvalidInputError(
+        f"student_init must be pretrained, random, a variant name ({', '.join(list_variants())}) or a model "
+        f"folder; got {value!r}"
+    )

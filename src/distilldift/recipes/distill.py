@@ -15,7 +15,7 @@ import torch
 from ..errors import InvalidInputError
 from ..loading import load_model
 from ..model import DistillDiftModel
-from ..variants import get_variant, list_variants
+from ..variants import get_variant
 from .cache import TeacherCache, build_teacher_cache
 from .config import TrainConfig
 from .data import TrainImages
@@ -23,16 +23,9 @@ from .engine import Objective, Run
 from .hints import HintTeacher, backbone_stages, hint_loss
 from .losses import distillation_loss
 from .pairs import PairSampler, global_embeddings, read_pairs_file, retrieval_neighbours
-from .teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher
+from .teachers import EnsembleTeacher, build_teacher, teacher_license
 
 __all__ = ["Distillation", "draw_pairs"]
-
-
-def _teacher(name: str, device: torch.device):
-    if name == "sdxl_turbo":  # the paper's diffusion teacher (diffusers; downloads SDXL-Turbo)
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        return DiffusionTeacher.from_pretrained("stabilityai/sdxl-turbo", device=device, dtype=dtype)
-    return ModelTeacher(load_model(name))
 
 
 def draw_pairs(sampler: PairSampler, n_images: int, copies: int, config: TrainConfig, step: int):
@@ -90,7 +83,7 @@ class Distillation(Objective):
         cache_dir = run.out / "teacher-cache"
         if run.rank == 0:
             run.log(f"teacher cache: {', '.join(c.teachers)} over {len(images)} images into {cache_dir} (resumable)")
-            teacher = EnsembleTeacher([_teacher(t, run.device) for t in c.teachers]).to(run.device)
+            teacher = EnsembleTeacher([build_teacher(t, c.diffusion, run.device) for t in c.teachers]).to(run.device)
             categories = [images.categories[e // images.copies] for e in range(len(images))]
             build_teacher_cache(
                 teacher,
@@ -112,8 +105,12 @@ class Distillation(Objective):
             pairs_file = run.out / "neighbours.json"
             if run.rank == 0 and not pairs_file.exists():
                 embedder = load_model(c.retrieval_model or c.teachers[0])
-                base = [images.load_original(p) for p in images.base]
-                nn = retrieval_neighbours(global_embeddings(embedder, base), k=c.k)
+
+                def original(i: int) -> torch.Tensor:
+                    return images.load_original(images.base[i])
+
+                embeddings = global_embeddings(embedder, original, count=len(images.base))  # streamed in batches
+                nn = retrieval_neighbours(embeddings, k=c.k)
                 pairs_file.write_text(json.dumps(nn.tolist()))
             run.barrier()
             self.sampler = PairSampler("retrieval", neighbours=torch.tensor(json.loads(pairs_file.read_text())))
@@ -146,12 +143,7 @@ class Distillation(Objective):
 
     def describe(self, recipe: str) -> tuple[str, str]:
         c = self.config
-        notes = []
-        for name in c.teachers:
-            if name == "sdxl_turbo":
-                notes.append("SDXL-Turbo: Stability AI non-commercial research community licence")
-            elif name in list_variants() and get_variant(name).license:
-                notes.append(f"{name}: {get_variant(name).license}")
+        notes = [note for note in (teacher_license(t) for t in c.teachers) if note]
         init = {"random": "random-init", "pretrained": "pretrained"}.get(c.student_init, c.student_init)
         description = (
             f"{get_variant(c.student).arch} ({init} {c.student}) distilled from {', '.join(c.teachers)} by "

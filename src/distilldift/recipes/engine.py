@@ -24,6 +24,7 @@ import torch.distributed as dist
 from ..errors import InvalidInputError
 from ..factory import build_model
 from ..files import atomic_path
+from ..loading import load_model
 from ..model import DistillDiftModel
 from ..variants import get_variant
 from .config import TrainConfig
@@ -123,22 +124,32 @@ def _check_run_folder(out: Path, config: TrainConfig, *, resume: bool, overwrite
 
 
 def build_student(config: TrainConfig) -> DistillDiftModel:
-    """The student of ``config``: its variant's base weights (or random init) with a fresh adapter, with the
-    parameters to train (``train="lora"``: the q/v LoRA weights; ``"full"``: every weight) requiring gradients."""
-    variant = get_variant(config.student)
-    variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **config.student_overrides}, adapter=None)
-    if config.train == "full":
-        variant = variant.replace(lora=None)
-    elif variant.lora is not None:
-        variant = variant.replace(lora=dataclasses.replace(variant.lora, dropout=config.lora_dropout))
-    if config.student_init == "random":
-        variant = variant.replace(weights=None)
-    student = build_model(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
+    """The student of ``config``, with the parameters to train requiring gradients.
+
+    ``student_init``: ``"pretrained"`` (the variant's base weights, a fresh adapter), ``"random"``, or a variant name
+    / model folder whose weights, adapter included, training continues from (e.g. ``co3d`` from
+    ``distilldift_us``). ``train="lora"`` trains the (q/v) LoRA weights only, ``"full"`` every weight.
+    """
+    if config.student_init in ("pretrained", "random"):
+        variant = get_variant(config.student)
+        variant = variant.replace(arch_kwargs={**variant.arch_kwargs, **config.student_overrides}, adapter=None)
+        if config.train == "full":
+            variant = variant.replace(lora=None)
+        elif variant.lora is not None:
+            variant = variant.replace(lora=dataclasses.replace(variant.lora, dropout=config.lora_dropout))
+        if config.student_init == "random":
+            variant = variant.replace(weights=None)
+        student = build_model(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
+    else:  # continue a trained model
+        student = load_model(config.student_init, merge=False)
     if config.train == "full":
         student.requires_grad_(True)
     else:
         if not student.has_adapter:
-            raise InvalidInputError(f"student {config.student!r} has no LoRA adapter; use train=full")
+            source = config.student if config.student_init in ("pretrained", "random") else config.student_init
+            raise InvalidInputError(
+                f"student {source!r} has no LoRA adapter; use train=full, or student_init=pretrained for a fresh one"
+            )
         for name, p in student.named_parameters():
             p.requires_grad_("lora_" in name)
         student.enable_qv_only_training()
@@ -196,7 +207,12 @@ def run_training(
     objective.check(run)
     student = build_student(config)
     student.to(device).train()
-    if world > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+    if config.freeze_batchnorm:  # eval mode: normalise with the pretrained statistics and never update them
+        for m in student.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in student.modules())
+    if world > 1 and has_bn and not config.freeze_batchnorm:
         if device.type == "cuda":  # batch statistics over all processes' images, as one process would see them
             student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
         elif rank == 0:
@@ -276,6 +292,7 @@ def run_training(
             license=licence,
             input_size=config.image_size,
             resize="stretch",
+            recipe=recipe or student.variant.recipe,
         )
         student.save_pretrained(folder, save_base=config.student_init == "random" or config.train == "full")
     run.barrier()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +17,24 @@ __all__ = ["global_embeddings", "retrieval_neighbours", "PairSampler", "read_pai
 
 
 @torch.no_grad()
-def global_embeddings(model: DistillDiftModel, images: Sequence[torch.Tensor], batch_size: int = 16) -> torch.Tensor:
+def global_embeddings(
+    model: DistillDiftModel,
+    images: Sequence[torch.Tensor] | Callable[[int], torch.Tensor],
+    batch_size: int = 16,
+    count: int | None = None,
+) -> torch.Tensor:
     """``(N, D)`` unit global embeddings: the pooled pre-logits of the timm backbone (DINOv2: the CLS token).
 
-    ``images``: ``(3, H, W)`` tensors in [0, 1] of any sizes, each stretched to the variant's square input.
+    ``images``: ``(3, H, W)`` tensors in [0, 1] of any sizes, each stretched to the variant's square input; or a
+    loader ``i -> image`` with ``count`` images, read ``batch_size`` at a time (memory stays flat however many).
     """
+    load = images if callable(images) else images.__getitem__
+    n = len(images) if count is None else count
     net = model.timm_model
     p = next(model.parameters())
     out = []
-    for s in range(0, len(images), batch_size):
-        chunk = images[s : s + batch_size]
+    for s in range(0, n, batch_size):
+        chunk = [load(i) for i in range(s, min(n, s + batch_size))]
         x = torch.stack([model.prepare(im, resize="stretch")[0] for im in chunk]).to(p.device, p.dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(net.forward_head(net.forward_features(x), pre_logits=True).float().cpu())

@@ -8,16 +8,39 @@ paper's DINOv2 + SDXL-Turbo, 768 + 1280 channels).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError, MissingDependencyError
+from ..loading import load_model
 from ..model import DistillDiftModel
+from ..variants import get_variant, list_variants
 
-__all__ = ["Teacher", "ModelTeacher", "EnsembleTeacher", "DiffusionTeacher", "to_grid"]
+__all__ = [
+    "Teacher",
+    "ModelTeacher",
+    "EnsembleTeacher",
+    "DiffusionTeacher",
+    "DiffusionSettings",
+    "TEACHERS",
+    "build_teacher",
+    "teacher_license",
+    "to_grid",
+]
+
+
+@dataclass
+class DiffusionSettings:
+    """The diffusion teacher of a recipe (``diffusion.*`` keys): the paper's SDXL-Turbo setting by default."""
+
+    repo: str = "stabilityai/sdxl-turbo"  # a diffusers StableDiffusionXLPipeline on the Hugging Face Hub
+    size: int = 980  # input side (the paper: 980, giving 31 x 31 maps); a multiple of 8
+    timesteps: list[int] = field(default_factory=lambda: [51, 101, 151, 201])  # averaged maps (DDIM add_noise)
+    prompt: str = "a photo of a {category}"
 
 
 def to_grid(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -163,3 +186,30 @@ class DiffusionTeacher(Teacher):
         finally:
             handle.remove()
         return to_grid(total / len(self.timesteps), grid)
+
+
+def _sdxl_turbo(settings: DiffusionSettings, device: torch.device) -> Teacher:
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    kw = dict(size=settings.size, timesteps=settings.timesteps, prompt=settings.prompt)
+    return DiffusionTeacher.from_pretrained(settings.repo, device=device, dtype=dtype, **kw)
+
+
+# teachers that are not distilldift models: name -> (builder, licence note of what it teaches)
+TEACHERS: dict[str, tuple[Callable[[DiffusionSettings, torch.device], Teacher], str]] = {
+    "sdxl_turbo": (_sdxl_turbo, "SDXL-Turbo: Stability AI non-commercial research community licence"),
+}
+
+
+def build_teacher(name: str, diffusion: DiffusionSettings, device: torch.device) -> Teacher:
+    """A registered teacher (``TEACHERS``, e.g. ``sdxl_turbo`` with the recipe's ``diffusion`` settings), else
+    the distilldift model ``name`` (a variant or a model folder) as a :class:`ModelTeacher`."""
+    if name in TEACHERS:
+        return TEACHERS[name][0](diffusion, device)
+    return ModelTeacher(load_model(name))
+
+
+def teacher_license(name: str) -> str:
+    """The licence note a model trained on teacher ``name`` inherits (``""`` if none is known)."""
+    if name in TEACHERS:
+        return TEACHERS[name][1]
+    return f"{name}: {get_variant(name).license}" if name in list_variants() and get_variant(name).license else ""

@@ -1,8 +1,8 @@
 """``train``: the ``distilldift train`` entry point: a recipe's objective run by the training engine.
 
 The engine (``engine.py``) owns processes, devices, precision, optimiser, schedule, checkpoints and the model
-folder; the objective (``distill.py``: the paper's multi-teacher distillation, section 3.2) owns the data, the
-teachers and the loss.
+folder; the objective (``objectives.py``: ``distill.py``, the paper's multi-teacher distillation, and ``co3d.py``, its
+3D fine-tuning, both section 3.2) owns the data, its one-off work and the loss.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from .config import TrainConfig
-from .distill import Distillation
 from .engine import run_training
+from .objectives import make_objective
 
 __all__ = ["train"]
 
@@ -27,7 +27,10 @@ def train(
     recipe: str = "",
     log=print,
 ) -> Path:
-    """Distil the teachers of ``config`` into its student on the images below ``data``; write results to ``out``.
+    """Train ``config``'s student on ``data`` with its objective; write results to ``out``.
+
+    ``objective="distill"`` (default): distil the teachers into the student on the images below ``data``;
+    ``"co3d"``: fine-tune on CO3D v2 below ``data`` with labels from its depth and cameras (``co3d-labels/``).
 
     ``out`` receives ``teacher-cache/``, ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``log.jsonl``
     (one line per step: the total ``loss``, each unweighted term - ``distill``, the paper's similarity loss, and
@@ -43,5 +46,5 @@ def train(
     Returns:
         The ``model/`` folder.
     """
-    objective = Distillation(config)
+    objective = make_objective(config)
     return run_training(config, objective, data, out, resume=resume, overwrite=overwrite, recipe=recipe, log=log)
