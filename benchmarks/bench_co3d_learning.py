@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--sigma", type=float, default=1.4, help="the Gaussian target's sigma (feature cells)")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     classes = sorted(p for p in PHOTOS.iterdir() if p.is_dir())
@@ -96,6 +97,7 @@ def main() -> None:
         "freeze_batchnorm=true",
         "co3d.points_per_pair=64",
         "co3d.max_labels=1000",
+        f"co3d.sigma={args.sigma}",
     ]
     cfg = apply_overrides(load_recipe("co3d"), overrides)
     before = pck(load_model("lite"), args.out / "held-out", args.out / "held-out-labels", cfg, size)

@@ -145,7 +145,7 @@ def test_co3d_recipe_and_config_typos_fail_before_any_work(tmp_path):
     assert cfg.co3d.kernel == 7 and cfg.co3d.frames_per_sequence == 4
     t0 = time.perf_counter()
     for bad, message in [
-        ("co3d.epz=0.1", "unknown recipe key 'co3d.epz'; known in co3d: categories, eps"),
+        ("co3d.epz=0.1", "unknown recipe key 'co3d.epz'; known in co3d: augment, categories, eps"),
         ("co3d.eps=0", "co3d.eps must be > 0"),
         ("co3d.kernel=2.5", "co3d.kernel must be a whole number"),
         ("objective=3d", "objective must be one of distill, co3d"),

@@ -290,11 +290,13 @@ for _v in (
         "distilldift_ws",
         "distilled on SPair-71k pairs without keypoints (weakly supervised)",
         ReleaseFile("eval/checkpoints/distilled_ws.ckpt", "7a9e50c9f09af2d912d2ab743d3b3e702691a877"),
+        "spair_ws",
     ),
     _distilled(
         "distilldift_s",
         "supervised fine-tuning on SPair-71k keypoints",
         ReleaseFile("eval/checkpoints/distilled_s.ckpt", "1dfef101c69eb40ccc01a1d8e16e07fbcf47097b"),
+        "spair",
     ),
     Variant(
         name="dinov2_b14_reg",

@@ -23,10 +23,10 @@ from safetensors.torch import save_file
 from ..datasets.base import DatasetError
 from ..datasets.co3d import Co3dDataset, Co3dFrame, load_depth, load_mask, read_co3d
 from ..files import atomic_path
-from ..images import load_image
 from ..model import DistillDiftModel
 from ..variants import get_variant, list_variants
 from .config import TrainConfig
+from .data import labelled_pair, stack_pairs
 from .engine import Objective, Run
 from .geometry import View, correspondences
 from .losses import point_loss
@@ -126,7 +126,7 @@ class Co3dFineTuning(Objective):
         rng = np.random.default_rng([c.seed, step])
         chosen = rng.integers(0, len(self.pairs), size=c.batch_size)
         per_rank = c.batch_size // run.world
-        sources, targets, src_pts, tgt_pts, valid = [], [], [], [], []
+        items = []
         for i, index in enumerate(chosen):
             path, src_img, tgt_img, j = self.pairs[int(index)]
             with safe_open(str(path), "pt") as f:
@@ -135,20 +135,11 @@ class Co3dFineTuning(Objective):
                 if not run.rank * per_rank <= i < (run.rank + 1) * per_rank:
                     continue  # other processes' share: the draws above keep every rank's generator in step
                 a, b = f.get_tensor(f"source_{j}")[pick], f.get_tensor(f"target_{j}")[pick]
-            xa, ga = student.prepare(load_image(src_img), c.image_size, "stretch")
-            xb, gb = student.prepare(load_image(tgt_img), c.image_size, "stretch")
-            pad = s.points_per_pair - len(pick)
-            sources.append(xa)
-            targets.append(xb)
-            src_pts.append(torch.cat([ga.image_to_grid(a.double()).float(), torch.zeros(pad, 2)]))
-            tgt_pts.append(torch.cat([gb.image_to_grid(b.double()).float(), torch.zeros(pad, 2)]))
-            valid.append(torch.arange(s.points_per_pair) < len(pick))
-        return {
-            "images": torch.stack(sources + targets),
-            "source_points": torch.stack(src_pts),
-            "target_points": torch.stack(tgt_pts),
-            "valid": torch.stack(valid),
-        }
+            aug = np.random.default_rng([c.seed, step, i]) if s.augment else None
+            items.append(
+                labelled_pair(student, src_img, tgt_img, a, b, size=c.image_size, slots=s.points_per_pair, rng=aug)
+            )
+        return stack_pairs(items)
 
     def terms(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         c = self.config

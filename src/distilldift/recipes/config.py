@@ -10,13 +10,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..datasets import DATASETS
 from ..errors import InvalidInputError
 from ..variants import list_variants
 from .teachers import TEACHERS, DiffusionSettings
 
 __all__ = ["TrainConfig", "Co3dSettings", "load_recipe", "list_recipes", "apply_overrides", "OBJECTIVES"]
 
-OBJECTIVES = ("distill", "co3d")  # recipes/objectives.py maps each to its Objective
+OBJECTIVES = ("distill", "co3d", "keypoints")  # recipes/objectives.py maps each to its Objective
 
 
 @dataclass
@@ -29,7 +30,24 @@ class Co3dSettings:
     max_labels: int = 4096  # labels kept per (source, target) frame pair in the label cache
     points_per_pair: int = 128  # labelled points drawn per pair and step
     kernel: int = 7  # the Gaussian target's window, in feature cells (the paper: 7)
-    sigma: float = 1.4  # its standard deviation, in feature cells (OpenCV's default for a 7-wide kernel)
+    sigma: float = 0.5  # its standard deviation, in feature cells (not in the paper; 0.5 beat 1.4: BENCHMARKS.md)
+    augment: bool = False  # random crop / flip / colour per image; the labels move with the pixels
+
+
+@dataclass
+class KeypointSettings:
+    """The ``keypoints`` objective (supervised fine-tuning on annotated keypoint pairs, e.g. SPair-71k ``trn``)."""
+
+    dataset: str = "spair"  # a reader of distilldift.datasets (the data folder is its root)
+    split: str = "trn"
+    # "cross_entropy": softmax over the target's cells vs a Gaussian at the true match (as co3d; default: it gives
+    # every label a gradient however wrong the match); "soft_argmax": the authors' MSE on a soft-argmax (beta)
+    loss: str = "cross_entropy"
+    beta: float = 1000.0  # soft_argmax: inverse temperature of the softmax (the authors' 1000)
+    points_per_pair: int = 32  # labels drawn per pair and step (SPair pairs have up to ~30 keypoints)
+    kernel: int = 7  # cross_entropy: the Gaussian target's window and sigma, in feature cells (as co3d)
+    sigma: float = 0.5
+    augment: bool = False  # random crop / flip / colour per image; the keypoints move with the pixels
 
 
 @dataclass
@@ -47,8 +65,12 @@ class TrainConfig:
     image_size: int = 434  # student (and teacher-cache) input side, stretched square
     copies: int = 1  # augmented copies of each training image (cached, so the teacher sees them too)
     augment: bool = False
-    pairs: str = "retrieval"  # "retrieval" | "category" | "given" (the pairs listed in pairs_file)
+    # "retrieval" | "category" | "given" (the pairs listed in pairs_file) | "dataset" (the image pairs of a benchmark's
+    # split, keypoints unused: weakly supervised; pairs_dataset, pairs_split)
+    pairs: str = "retrieval"
     pairs_file: str = ""  # for pairs="given": JSON [["a.jpg", "b.jpg"], ...]; default: DATA/pairs.json
+    pairs_dataset: str = "spair"  # for pairs="dataset": a reader of distilldift.datasets (DATA is its root)
+    pairs_split: str = "trn"
     self_pairs: float = 0.0  # probability of pairing an image with another augmented copy of itself
     k: int = 10
     retrieval_model: str = ""  # variant for the global embeddings; default: the first teacher
@@ -70,6 +92,7 @@ class TrainConfig:
     # keep BatchNorm statistics as they are (fine-tuning a pretrained CNN on small batches); false: learn them
     freeze_batchnorm: bool = False
     co3d: Co3dSettings = field(default_factory=Co3dSettings)  # objective="co3d" only
+    keypoints: KeypointSettings = field(default_factory=KeypointSettings)  # objective="keypoints" only
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)  # the sdxl_turbo teacher's settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +125,10 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "co3d.kernel": (1, float("inf"), True),
     "co3d.sigma": (0, float("inf"), False),
     "diffusion.size": (64, float("inf"), True),
+    "keypoints.beta": (0, float("inf"), False),
+    "keypoints.points_per_pair": (1, float("inf"), True),
+    "keypoints.kernel": (1, float("inf"), True),
+    "keypoints.sigma": (0, float("inf"), False),
 }
 
 
@@ -109,7 +136,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "objective": OBJECTIVES,
     "train": ("lora", "full"),
-    "pairs": ("retrieval", "category", "given"),
+    "pairs": ("retrieval", "category", "given", "dataset"),
+    "keypoints.loss": ("cross_entropy", "soft_argmax"),
     "mixed_precision": ("auto", "bf16", "no"),
 }
 
@@ -218,6 +246,8 @@ def _checked(key: str, default: Any, value: Any) -> Any:
                     f"unknown teacher {name!r}: use {', '.join(sorted(TEACHERS))}, a variant name "
                     f"({', '.join(list_variants())}) or a model folder"
                 )
+    if key in ("keypoints.dataset", "pairs_dataset") and value not in DATASETS:
+        raise InvalidInputError(f"{key} must be one of {', '.join(DATASETS)}, got {value!r}")
     if key == "diffusion.size" and value % 8:
         raise InvalidInputError(f"diffusion.size must be a multiple of 8 (the VAE's stride), got {value!r}")
     if key == "diffusion.prompt":

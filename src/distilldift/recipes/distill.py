@@ -12,6 +12,8 @@ import json
 import numpy as np
 import torch
 
+from ..datasets import read_dataset
+from ..datasets.base import DatasetError
 from ..errors import InvalidInputError
 from ..loading import load_model
 from ..model import DistillDiftModel
@@ -67,7 +69,27 @@ class Distillation(Objective):
                 "nothing to learn: the similarity loss is off (distill_weight=0 or distill_start>0) and so are "
                 "hints; set distill_weight>0 and distill_start=0, or hint_weight>0"
             )
-        self.images = TrainImages(run.data, size=c.image_size, copies=c.copies, augment=c.augment, seed=c.seed)
+        files = categories = None
+        if c.pairs == "dataset":  # a benchmark's image pairs, keypoints unused (weakly supervised)
+            data = read_dataset(c.pairs_dataset, run.data, c.pairs_split)
+            if not data.pairs:
+                raise DatasetError(f"{c.pairs_dataset} {c.pairs_split!r} below {str(run.data)!r} has no pairs")
+            category = {}
+            for p in data.pairs:
+                category[p.source.resolve()], category[p.target.resolve()] = p.category, p.category
+            files = sorted(category)
+            categories = [category[f] for f in files]
+            index = {f: i for i, f in enumerate(files)}
+            self.given = [(index[p.source.resolve()], index[p.target.resolve()]) for p in data.pairs]
+        self.images = TrainImages(
+            run.data,
+            size=c.image_size,
+            copies=c.copies,
+            augment=c.augment,
+            seed=c.seed,
+            files=files,
+            categories=categories,
+        )
         if c.pairs == "given":  # checked before the (long) teacher cache is built
             pairs_file = c.pairs_file or self.images.root / "pairs.json"
             self.given = read_pairs_file(pairs_file, self.images.base, self.images.root)
@@ -116,7 +138,7 @@ class Distillation(Objective):
             self.sampler = PairSampler("retrieval", neighbours=torch.tensor(json.loads(pairs_file.read_text())))
         elif c.pairs == "category":
             self.sampler = PairSampler("category", categories=images.categories)
-        else:
+        else:  # given, dataset
             self.sampler = PairSampler("given", pairs=self.given)
 
     def batch(self, run: Run, student: DistillDiftModel, step: int) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def _check_run_folder(out: Path, config: TrainConfig, *, resume: bool, overwrite
                 f"--resume: cannot read {str(ckpt_path)!r} ({e}); start again with --overwrite"
             ) from None
         saved, now = dict(ckpt["config"]), config.to_dict()
-        changed = sorted(k for k, v in now.items() if saved.get(k) != v and k != "steps")
+        free = ("steps", "checkpoint_every")  # may change on resume: neither changes what a step computes
+        changed = sorted(k for k, v in now.items() if saved.get(k) != v and k not in free)
         if changed:
             raise InvalidInputError(f"--resume: the checkpoint was written with other settings: {changed}")
         if config.steps <= ckpt["step"]:
@@ -246,9 +248,16 @@ def run_training(
     # 4. the loop
     log_file = open(out / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
+    # the next step's batch is read and decoded in a background thread while this step computes (a batch is a pure
+    # function of its step, so prefetching changes nothing in the result)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="distilldift-prefetch")
+    pending = pool.submit(objective.batch, run, student, start) if start < config.steps else None
     try:
         for step in range(start, config.steps):
-            batch = {k: v.to(device) for k, v in objective.batch(run, student, step).items()}
+            ready = pending.result()
+            if step + 1 < config.steps:
+                pending = pool.submit(objective.batch, run, student, step + 1)
+            batch = {k: v.to(device) for k, v in ready.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # mixed precision (default: GPU)
                 terms = objective.terms(model, batch, step)
                 weights = objective.weights(step)
@@ -278,6 +287,7 @@ def run_training(
                 with atomic_path(ckpt_path) as tmp:
                     torch.save(state, tmp)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if log_file is not None:
             log_file.close()
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 
-__all__ = ["similarity_logits", "distillation_loss", "gaussian_targets", "point_loss"]
+__all__ = ["similarity_logits", "distillation_loss", "gaussian_targets", "point_loss", "soft_argmax_loss"]
 
 
 def similarity_logits(f1: torch.Tensor, f2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,7 +60,7 @@ def distillation_loss(
     return -(target * log_p).sum(-1).mean()
 
 
-def gaussian_targets(points: torch.Tensor, grid_size: tuple[int, int], kernel: int = 7, sigma: float = 1.4):
+def gaussian_targets(points: torch.Tensor, grid_size: tuple[int, int], kernel: int = 7, sigma: float = 0.5):
     """Target distributions over grid cells: a one-hot at each point blurred by a Gaussian.
 
     Args:
@@ -90,6 +90,14 @@ def gaussian_targets(points: torch.Tensor, grid_size: tuple[int, int], kernel: i
     return t / t.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+def _descriptors(source: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` features bilinear at ``(B, P, 2)`` grid ``(x, y)`` -> ``(B, C, P)`` unit descriptors."""
+    _, _, h, w = source.shape
+    grid = torch.stack([(points[..., 0] + 0.5) / w * 2 - 1, (points[..., 1] + 0.5) / h * 2 - 1], -1)
+    desc = F.grid_sample(source.float(), grid[:, :, None].float(), mode="bilinear", align_corners=False)[..., 0]
+    return F.normalize(desc, dim=1)
+
+
 def point_loss(
     source: torch.Tensor,
     target: torch.Tensor,
@@ -98,7 +106,7 @@ def point_loss(
     valid: torch.Tensor,
     temperature: float = 0.01,
     kernel: int = 7,
-    sigma: float = 1.4,
+    sigma: float = 0.5,
 ) -> torch.Tensor:
     """Cross-entropy of each labelled point's similarity distribution against a Gaussian at its true match.
 
@@ -122,13 +130,42 @@ def point_loss(
         >>> bool(right < wrong)
         True
     """
-    b, c, h, w = source.shape
-    grid = torch.stack([(source_points[..., 0] + 0.5) / w * 2 - 1, (source_points[..., 1] + 0.5) / h * 2 - 1], -1)
-    desc = F.grid_sample(source.float(), grid[:, :, None].float(), mode="bilinear", align_corners=False)[..., 0]
-    desc = F.normalize(desc, dim=1)  # (B, C, P)
+    desc = _descriptors(source, source_points)  # (B, C, P)
     tgt = F.normalize(target.float().flatten(2), dim=1)  # (B, C, h*w)
     log_p = torch.log_softmax(torch.einsum("bcp,bcj->bpj", desc, tgt) / temperature, dim=-1)
     goal = gaussian_targets(target_points, (target.shape[-1], target.shape[-2]), kernel, sigma)
     ce = -(goal * log_p).sum(-1)  # (B, P)
     mask = valid.to(ce.dtype)
     return (ce * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def soft_argmax_loss(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    source_points: torch.Tensor,
+    target_points: torch.Tensor,
+    valid: torch.Tensor,
+    beta: float = 1000.0,
+) -> torch.Tensor:
+    """The authors' supervised loss: the soft-argmax of ``softmax_j(beta * <f_i, g_j>)`` over the target's cells,
+    squared distance to the true match (grid coordinates divided by the grid's longer side), mean over valid labels.
+
+    Args: as :func:`point_loss`; ``beta``: the softmax's inverse temperature (the authors: 1000).
+
+    Example:
+        >>> f = torch.nn.functional.normalize(torch.randn(1, 16, 4, 4), dim=1)
+        >>> p = torch.tensor([[[1.0, 2.0]]])
+        >>> ok = torch.ones(1, 1, dtype=torch.bool)
+        >>> bool(soft_argmax_loss(f, f, p, p, ok) < soft_argmax_loss(f, f, p, p + 1, ok))
+        True
+    """
+    desc = _descriptors(source, source_points)
+    gh, gw = target.shape[-2:]
+    tgt = F.normalize(target.float().flatten(2), dim=1)
+    p = torch.softmax(beta * torch.einsum("bcp,bcj->bpj", desc, tgt), dim=-1)  # (B, P, h*w)
+    ys, xs = torch.meshgrid(torch.arange(gh, device=p.device), torch.arange(gw, device=p.device), indexing="ij")
+    cells = torch.stack([xs.flatten(), ys.flatten()], -1).float()  # (h*w, 2) grid (x, y)
+    located = p @ cells  # (B, P, 2)
+    err = ((located - target_points.float()) / max(gh, gw)).pow(2).sum(-1)
+    mask = valid.to(err.dtype)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)

@@ -6,10 +6,15 @@ from .co3d import Co3dFineTuning
 from .config import TrainConfig
 from .distill import Distillation
 from .engine import Objective
+from .keypoints import KeypointSupervision
 
 __all__ = ["OBJECTIVE_CLASSES", "make_objective"]
 
-OBJECTIVE_CLASSES: dict[str, type[Objective]] = {"distill": Distillation, "co3d": Co3dFineTuning}
+OBJECTIVE_CLASSES: dict[str, type[Objective]] = {
+    "distill": Distillation,
+    "co3d": Co3dFineTuning,
+    "keypoints": KeypointSupervision,
+}
 
 
 def make_objective(config: TrainConfig) -> Objective:
