@@ -260,3 +260,46 @@ def test_fine_tuning_a_pretrained_cnn_can_keep_its_batchnorm_statistics(co3d_roo
         same = all(torch.equal(trained[k], start[k]) for k in stats)
         assert same == freeze
         assert not torch.equal(trained["backbone.conv_stem.weight"], start["backbone.conv_stem.weight"])
+
+
+def test_cli_init_continues_a_model_folder(co3d_root, tmp_path, monkeypatch, capsys):
+    from conftest import run_here
+    from distilldift import load_model
+    from distilldift.recipes.config import apply_overrides, load_recipe
+    from distilldift.recipes.trainer import train
+
+    first = train(apply_overrides(load_recipe("co3d"), MICRO), co3d_root, tmp_path / "first", log=lambda *_: None)
+    more = [m for m in MICRO if not m.startswith("student_init")]
+    code, out, err = run_here(
+        "train",
+        "--recipe",
+        "co3d",
+        "--data",
+        co3d_root,
+        "--out",
+        tmp_path / "more",
+        "--init",
+        first,
+        "--override",
+        *more,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code in (0, None), err
+    a, b = load_model(first).state_dict(), load_model(tmp_path / "more" / "model").state_dict()
+    lora = [k for k in a if "lora_B" in k]
+    assert lora and any(not torch.equal(a[k], b[k]) for k in lora)  # the adapter trained on from where it was
+    code, _, err = run_here(
+        "train",
+        "--recipe",
+        "co3d",
+        "--data",
+        co3d_root,
+        "--out",
+        tmp_path / "x",
+        "--init",
+        "distilldift_uss",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code == 2 and "student_init must be pretrained, random, a variant name" in err and len(err.splitlines()) == 1

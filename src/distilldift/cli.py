@@ -359,8 +359,14 @@ def train(
         bool, typer.Option(help="Continue from OUT/checkpoint.pt (a larger steps extends the run).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again in an OUT that holds a run (deletes it).")] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from this model: pretrained, random, a variant name or a model folder (student_init)."
+        ),
+    ] = None,
 ) -> None:
-    """Distil teachers into a student (multi-GPU / multi-node: launch with torchrun)."""
+    """Train a recipe: distillation, 3D fine-tuning, keypoints (multi-GPU / multi-node: launch with torchrun)."""
     from .recipes.config import apply_overrides, load_recipe
     from .recipes.trainer import train as run
 
@@ -373,6 +379,8 @@ def train(
             "(e.g. --override steps=100 lr=1e-3); see `distilldift train --help`"
         )
     config = apply_overrides(load_recipe(recipe), [*(override or []), *extra])
+    if init is not None:
+        config = apply_overrides(config, {"student_init": init})
     name = Path(recipe).stem if recipe.endswith(".json") else recipe
     try:
         folder = run(config, data, out, resume=resume, overwrite=overwrite, recipe=name, log=console.print)

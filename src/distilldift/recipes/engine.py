@@ -304,6 +304,7 @@ def run_training(
             resize="stretch",
             recipe=recipe or student.variant.recipe,
         )
-        student.save_pretrained(folder, save_base=config.student_init == "random" or config.train == "full")
+        # base weights: saved when trained (full) or not public (random init, a folder's own file), else referenced
+        student.save_pretrained(folder, save_base=True if config.train == "full" else None)
     run.barrier()
     return folder
