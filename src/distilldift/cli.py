@@ -301,9 +301,14 @@ def track(
 @_user_errors
 def eval_(
     dataset: Annotated[
-        str, typer.Option(help="Benchmark: a name in distilldift.datasets.DATASETS (spair, pf-willow, cub, ...).")
+        str,
+        typer.Option(
+            help="Benchmark: spair, pf-willow, cub (distilldift.datasets.DATASETS) or tapvid (point tracking)."
+        ),
     ],
-    root: Annotated[Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW or CUB_200_2011).")],
+    root: Annotated[
+        Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW, CUB_200_2011), or a TAP-Vid .pkl / clip folder.")
+    ],
     model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
@@ -313,12 +318,19 @@ def eval_(
     resize: ResizeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
     device: DeviceOpt = None,
+    query: Annotated[
+        str, typer.Option(help="tapvid: queries at each track's first visible frame or strided.")
+    ] = "first",
+    resolution: Annotated[int, typer.Option(min=16, help="tapvid: frames and metrics at this square size.")] = 256,
 ) -> None:
-    """PCK@0.1/0.05/0.01 (image and bbox thresholds) on a benchmark, per point, pair and category."""
-    from .datasets import read_dataset
+    """PCK@0.1/0.05/0.01 (image and bbox thresholds) per point, pair and category; tapvid: AJ, delta_avg, OA."""
+    from .datasets import TRACKING_DATASETS, read_dataset
     from .evaluation import evaluate, save_result
 
     _check_outputs(device, (out, (".json",), "--out"), method=method)
+    if dataset in TRACKING_DATASETS:
+        _eval_tracking(dataset, root, model, device, method, size, query, resolution, limit, out)
+        return
     data = read_dataset(dataset, root, split)
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
@@ -341,6 +353,40 @@ def eval_(
     )
     if out is not None:
         save_result(r, out)
+        console.print(f"wrote {out}")
+
+
+def _eval_tracking(dataset, root, model, device, method, size, query, resolution, limit, out) -> None:
+    """``eval --dataset tapvid``: TAP-Vid's protocol on ``track_video``, a table per clip and overall."""
+    from .datasets import TRACKING_DATASETS
+    from .files import atomic_path
+    from .tapvid import QUERY_MODES, evaluate_tracking
+
+    if query not in QUERY_MODES:
+        raise InvalidInputError(f"--query must be one of {', '.join(QUERY_MODES)}, got {query!r}")
+    clips = TRACKING_DATASETS[dataset](root)[:limit]
+    net = _load(model, device)
+    overall, per_clip = evaluate_tracking(clips, net, query_mode=query, resolution=resolution, method=method, size=size)
+    protocol = (
+        f"TAP-Vid protocol: {query} queries, frames and metrics at {resolution}x{resolution}, thresholds 1-16 px; "
+        f"{overall.videos} clips, {overall.evaluated} (point, frame) entries; AJ and OA use track_video's visibility"
+    )
+    table = Table(title=f"{dataset} ({model}): point tracking")
+    table.add_column("clip", overflow="fold")
+    for name in ("AJ", "delta_avg", "OA"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name, m in [*per_clip.items(), ("mean over clips", overall)]:
+        table.add_row(name, *(f"{100 * v:.2f}" for v in (m.average_jaccard, m.average_delta, m.occlusion_accuracy)))
+    console.print(table)
+    console.print(protocol)
+    if out is not None:
+        record = {
+            "protocol": protocol,
+            "overall": overall.to_dict(),
+            "clips": {k: m.to_dict() for k, m in per_clip.items()},
+        }
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .errors import InvalidInputError, ShapeError
 
-__all__ = ["THRESHOLDS", "QUERY_MODES", "TrackingMetrics", "tapvid_metrics"]
+__all__ = ["THRESHOLDS", "QUERY_MODES", "TrackingMetrics", "tapvid_metrics", "tapvid_queries", "evaluate_tracking"]
 
 THRESHOLDS = (1, 2, 4, 8, 16)  # pixels of a 256 x 256 frame
 QUERY_MODES = ("first", "strided")
@@ -177,3 +177,75 @@ def tapvid_metrics(
         delta=delta,
         evaluated=int(np.sum(evaluated)),
     )
+
+
+def tapvid_queries(occluded: np.ndarray, query_mode: str = "first", stride: int = 5) -> list[tuple[int, int]]:
+    """The benchmark's queries as ``(track, frame)``: ``"first"``: each track at its first visible frame;
+    ``"strided"``: each track at every ``stride``-th frame where it is visible. ``occluded``: ``(N, T)`` bool.
+
+    Example:
+        >>> occ = np.array([[True, False, False, False, False, False], [False] * 6, [True] * 6])
+        >>> tapvid_queries(occ), tapvid_queries(occ, "strided")
+        ([(0, 1), (1, 0)], [(1, 0), (0, 5), (1, 5)])
+    """
+    if query_mode not in QUERY_MODES:
+        raise InvalidInputError(f"query_mode must be one of {', '.join(QUERY_MODES)}, got {query_mode!r}")
+    visible = ~np.asarray(occluded, bool)
+    if query_mode == "first":
+        return [(n, int(np.argmax(v))) for n, v in enumerate(visible) if v.any()]
+    return [(n, t) for t in range(0, visible.shape[1], stride) for n in range(visible.shape[0]) if visible[n, t]]
+
+
+def evaluate_tracking(
+    clips: Sequence,
+    model=None,
+    *,
+    query_mode: str = "first",
+    resolution: int = 256,
+    stride: int = 5,
+    **track_kwargs,
+) -> tuple[TrackingMetrics, dict[str, TrackingMetrics]]:
+    """TAP-Vid evaluation of :func:`distilldift.track_video` on clips (:func:`distilldift.datasets.tapvid.read_tapvid`).
+
+    The protocol: frames resized to ``resolution`` x ``resolution`` (256), queries from the ground truth
+    (:func:`tapvid_queries`), one ``track_video`` call per distinct query frame (its tracks cover every frame), the
+    metrics of :func:`tapvid_metrics` per clip and their mean over clips. ``track_kwargs`` go to ``track_video``
+    (``method``, ``settings``, ``size``, ...).
+
+    Returns:
+        ``(overall, {clip name: metrics})``.
+    """
+    import torch.nn.functional as F
+
+    from .video import track_video
+
+    per_clip = {}
+    for clip in clips:
+        w, h = clip.size
+        frames = torch.from_numpy(clip.video).permute(0, 3, 1, 2).float() / 255
+        frames = F.interpolate(frames, size=(resolution, resolution), mode="bilinear", antialias=True)
+        scale = np.array([resolution / w, resolution / h])
+        gt = (clip.points + 0.5) * scale - 0.5  # (N, T, 2) at the evaluation resolution
+        queries = tapvid_queries(clip.occluded, query_mode, stride)
+        if not queries:
+            continue
+        t_all = clip.video.shape[0]
+        pred = np.zeros((t_all, len(queries), 2))
+        pred_vis = np.zeros((t_all, len(queries)), bool)
+        for t0 in sorted({t for _, t in queries}):
+            rows = [i for i, (_, t) in enumerate(queries) if t == t0]
+            pts = np.clip(gt[[queries[i][0] for i in rows], t0], 0, resolution - 1)
+            kw = {"progress": False, **track_kwargs}
+            tracks = track_video(frames, pts, model=model, query_frame=t0, **kw)
+            pred[:, rows] = tracks.points.numpy()
+            pred_vis[:, rows] = tracks.visible.numpy()
+        tracks_of = [n for n, _ in queries]
+        per_clip[clip.name] = tapvid_metrics(
+            pred,
+            pred_vis,
+            gt[tracks_of].transpose(1, 0, 2),
+            ~clip.occluded[tracks_of].T,
+            [t for _, t in queries],
+            query_mode=query_mode,
+        )
+    return TrackingMetrics.mean(list(per_clip.values())), per_clip

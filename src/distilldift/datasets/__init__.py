@@ -8,6 +8,7 @@ from .base import DatasetError, Pair, PairDataset
 from .cub import read_cub
 from .pfwillow import read_pf_willow
 from .spair import SPAIR_LEFT_RIGHT, read_spair
+from .tapvid import TapVidVideo, read_tapvid
 
 __all__ = [
     "DATASETS",
@@ -19,13 +20,17 @@ __all__ = [
     "read_dataset",
     "read_pf_willow",
     "read_spair",
+    "read_tapvid",
+    "TapVidVideo",
+    "TRACKING_DATASETS",
 ]
 
-DATASETS = {"spair": read_spair, "pf-willow": read_pf_willow, "cub": read_cub}
+DATASETS = {"spair": read_spair, "pf-willow": read_pf_willow, "cub": read_cub}  # image pairs with keypoints
+TRACKING_DATASETS = {"tapvid": read_tapvid}  # videos with point tracks (a TAP-Vid pickle or a folder of clips)
 
 
 def read_dataset(name: str, root: str | Path, split: str = "test") -> PairDataset:
     """Read benchmark ``name`` (``"spair"``, ``"pf-willow"``, ``"cub"``) from ``root``."""
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join([*DATASETS, *TRACKING_DATASETS])}")
     return DATASETS[name](root, split)
