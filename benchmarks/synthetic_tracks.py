@@ -87,11 +87,15 @@ def make_clip(photo_path: Path, occluder_path: Path, *, frames: int = 24, points
     }
 
 
-def make_set(photo_root: Path, clips: int = 8, **kw) -> dict[str, dict]:
-    """``clips`` clips from PF-WILLOW's photos (one class per clip, the occluder from another class)."""
+def make_set(photo_root: Path, clips: int = 8, first: int = 0, **kw) -> dict[str, dict]:
+    """``clips`` clips from PF-WILLOW's photos (one class per clip, the occluder from another class).
+
+    Clip ``i`` uses seed ``i`` and photos ``i // 10`` (occluder ``i // 10 + 1``) of its class: ``first=40`` gives a
+    development set (photos 4 and 5, other motions) disjoint from the default set (photos 0 and 1).
+    """
     classes = sorted(p for p in Path(photo_root).iterdir() if p.is_dir())
     out = {}
-    for i in range(clips):
+    for i in range(first, first + clips):
         cls, other = classes[i % len(classes)], classes[(i + 3) % len(classes)]
         photo = sorted(cls.glob("*.png"))[i // len(classes)]
         occluder = sorted(other.glob("*.png"))[1 + i // len(classes)]
