@@ -58,7 +58,7 @@ def main() -> None:
         everything = torch.ones_like(gt_vis)
         zeros = [0] * q.shape[0]
 
-        def metrics(points, visible):
+        def metrics(points, visible, gt=gt, gt_vis=gt_vis, zeros=zeros):
             return tapvid_metrics(points, visible, gt, gt_vis, zeros)
 
         tr = track_video(frames, q, **kw)
