@@ -39,6 +39,7 @@ class FlipChoice(str, Enum):
     auto = "auto"
 
 
+HEATMAP_ROWS = 16  # match --heatmap: rows drawn at most
 ResizeChoice = Enum("ResizeChoice", {mode: mode for mode in RESIZE_MODES}, type=str)  # from the library
 
 
@@ -163,20 +164,38 @@ def match(
     resize: ResizeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write a side-by-side drawing (PNG/JPEG).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the matches as JSON.")] = None,
+    heatmap: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Write each point's similarity map over IMAGE2 (PNG/JPEG; the first {HEATMAP_ROWS} points)."
+        ),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Find the points of IMAGE2 that correspond to points of IMAGE1."""
-    from .images import load_image
-    from .matching import match_points
-    from .viz import draw_matches, image_formats
+    from .features import extract_feature_maps
+    from .images import as_points, check_points_inside, load_image
+    from .matching import MatchSettings, match_feature_maps, match_record, similarity_heatmaps
+    from .viz import draw_heatmap_rows, draw_matches, image_formats
 
-    _check_outputs(device, (out, image_formats(), "--out"), (json_out, (".json",), "--json"), method=method)
+    formats = image_formats()
+    _check_outputs(
+        device,
+        (out, formats, "--out"),
+        (json_out, (".json",), "--json"),
+        (heatmap, formats, "--heatmap"),
+        method=method,
+    )
     a, b = load_image(image1), load_image(image2)
-    pts = _collect_points(points, points_file, grid, lambda: a)
+    pts = as_points(_collect_points(points, points_file, grid, lambda: a))
+    check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")
     net = _load(model, device)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
-    m = match_points(
-        a, b, pts, model=net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None
+    images = [a, b] + ([a.flip(-1)] if flip_arg else [])  # what match_points computes, kept for the heat maps
+    maps = extract_feature_maps(net, images, size=size, resize=resize.value if resize else None)
+    mirrored = maps[2] if flip_arg else None
+    m = match_feature_maps(
+        maps[0], maps[1], pts, mirrored=mirrored, flip=flip_arg, settings=MatchSettings(method=method)
     )
     table = Table(title=f"{image1.name} -> {image2.name} ({model})")
     for col in ("#", "x1", "y1", "x2", "y2", "score", "mutual"):
@@ -191,17 +210,21 @@ def match(
     if out is not None:
         draw_matches(a, b, m.query, m.points, mask=m.mutual, out=out)
         console.print(f"wrote {out}")
+    if heatmap is not None:
+        n = min(len(m), HEATMAP_ROWS)
+        heats = similarity_heatmaps(mirrored if m.flipped else maps[0], maps[1], pts[:n], flipped=m.flipped)
+        draw_heatmap_rows(a, b, m.query[:n], m.points[:n], heats, mutual=m.mutual[:n], out=heatmap)
+        console.print(f"wrote {heatmap}" + (f" (the first {n} of {len(m)} points)" if n < len(m) else ""))
     if json_out is not None:
-        record = {
-            "image1": str(image1),
-            "image2": str(image2),
-            "image1_size": [a.shape[-1], a.shape[-2]],
-            "image2_size": [b.shape[-1], b.shape[-2]],
-            "model": model,
-            "method": method,
-            "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
-            **m.to_dict(),
-        }
+        record = match_record(
+            m,
+            image1=str(image1),
+            image2=str(image2),
+            image1_size=(a.shape[-1], a.shape[-2]),
+            image2_size=(b.shape[-1], b.shape[-2]),
+            model=model,
+            method=method,
+        )
         from .files import atomic_path
 
         with atomic_path(json_out) as tmp:
@@ -388,6 +411,30 @@ def _eval_tracking(dataset, root, model, device, method, size, query, resolution
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
+
+
+class YesNo(str, Enum):
+    no = "no"
+    yes = "yes"
+
+
+@app.command()
+@_user_errors
+def demo(
+    model: ModelOpt = DEFAULT_VARIANT,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port [default: 7860 or the next free one].")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every network interface).")] = "127.0.0.1",
+    share: Annotated[YesNo, typer.Option(help="yes: also a public *.gradio.live link (needs internet).")] = YesNo.no,
+    device: DeviceOpt = None,
+) -> None:
+    """Start the interactive web page: click a point on one image, see where it lands in others (needs [demo])."""
+    from .demo.app import launch
+
+    _check_outputs(device)
+    console.print(f"distilldift demo: model {model} (loaded at the first click); Ctrl+C stops it")
+    launch(model, host=host, port=port, share=share == YesNo.yes, device=device)
 
 
 @app.command(context_settings={"allow_extra_args": True})

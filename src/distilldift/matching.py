@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from .errors import InvalidInputError
-from .features import Features, extract_feature_maps, resolve_model
+from .features import FeatureMap, Features, extract_feature_maps, resolve_model
 from .images import GridGeometry, ImageInput, as_points, check_points_inside, load_image
 from .model import DistillDiftModel
 
@@ -27,6 +27,9 @@ __all__ = [
     "Matches",
     "match_points",
     "match_features",
+    "match_feature_maps",
+    "similarity_heatmaps",
+    "match_record",
     "sample_features",
     "upsampled_similarity",
     "global_similarity",
@@ -811,18 +814,129 @@ def match_points(
     model = resolve_model(model)
     images = [a, b] + ([a.flip(-1)] if flip else [])
     results = extract_feature_maps(model, images, size=size, resize=resize, batch_size=len(images))
-    src, dst = results[0], results[1]
-    use_flip = bool(flip) and use_mirror(flip, src[0], results[2][0], dst[0])
-    queries = pts
-    if use_flip:
-        src = results[2]
-        queries = flip_queries(pts, a.shape[-1], flip_permutation)
-    m = match_features(
-        Features(src[0][None], (src[1],)),
-        Features(dst[0][None], (dst[1],)),
-        queries,
+    return match_feature_maps(
+        results[0],
+        results[1],
+        pts,
+        mirrored=results[2] if flip else None,
+        flip=flip,
+        flip_permutation=flip_permutation,
         settings=ms,
         mutual=mutual,
         mutual_radius=mutual_radius,
     )
+
+
+def match_feature_maps(
+    src: FeatureMap,
+    dst: FeatureMap,
+    points: object,
+    *,
+    mirrored: FeatureMap | None = None,
+    flip: bool | Literal["auto"] = False,
+    flip_permutation: Sequence[int] | None = None,
+    settings: MatchSettings | None = None,
+    mutual: bool = True,
+    mutual_radius: float | None = None,
+) -> Matches:
+    """:func:`match_points` after the features are computed: what to reuse when one image meets many clicks.
+
+    Args:
+        src, dst: :class:`FeatureMap` of the source and target image (``extract_feature_maps``).
+        points: ``(N, 2)`` pixel ``(x, y)`` in the source image.
+        mirrored: the :class:`FeatureMap` of the horizontally flipped source; needed when ``flip`` is not False.
+        flip, flip_permutation, settings, mutual, mutual_radius: as in :func:`match_points`.
+
+    Returns:
+        :class:`Matches` (``query`` = ``points``; ``flipped`` says whether the mirrored source was matched).
+
+    Example:
+        >>> import torch
+        >>> from distilldift.features import FeatureMap
+        >>> from distilldift.images import GridGeometry
+        >>> from distilldift.matching import MatchSettings, match_feature_maps
+        >>> f = FeatureMap(torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0),
+        ...                GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3)))
+        >>> match_feature_maps(f, f, [[22.0, 13.0]], settings=MatchSettings(method="nn")).points
+        tensor([[22., 13.]])
+    """
+    pts = as_points(points)
+    if flip not in (True, False, "auto"):
+        raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
+    if flip and mirrored is None:
+        raise InvalidInputError("flip needs the mirrored source's features: pass mirrored=")
+    use_flip = bool(flip) and use_mirror(flip, src.features, mirrored.features, dst.features)
+    queries = pts
+    if use_flip:
+        src = mirrored
+        queries = flip_queries(pts, src.geometry.image_size[0], flip_permutation)
+    m = match_features(
+        Features(src.features[None], (src.geometry,)),
+        Features(dst.features[None], (dst.geometry,)),
+        queries,
+        settings=settings,
+        mutual=mutual,
+        mutual_radius=mutual_radius,
+    )
+    if len(m) == 0:
+        return Matches.empty(flipped=use_flip)
     return Matches(pts, m.points, m.scores, m.mutual, m.cycle_error, flipped=use_flip)
+
+
+def similarity_heatmaps(src: FeatureMap, dst: FeatureMap, points: object, *, flipped: bool = False) -> torch.Tensor:
+    """The maps the matches are found on: cosine similarity of each source point's descriptor to every target pixel.
+
+    Args:
+        src, dst: :class:`FeatureMap` of the source and target image; with ``flipped=True``, ``src`` is the
+            mirrored source (``Matches.flipped``) and ``points`` are still given in the unflipped source.
+        points: ``(N, 2)`` pixel ``(x, y)`` in the source image.
+
+    Returns:
+        ``(N, H2, W2)`` float in [-1, 1]: entry ``[n, y, x]`` is the similarity at target pixel ``(x, y)`` (the
+        bilinearly upsampled map of :func:`upsampled_similarity`; its best pixel is the ``nn`` match).
+
+    Example:
+        >>> import torch
+        >>> from distilldift.features import FeatureMap
+        >>> from distilldift.images import GridGeometry
+        >>> from distilldift.matching import similarity_heatmaps
+        >>> f = FeatureMap(torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0),
+        ...                GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3)))
+        >>> h = similarity_heatmaps(f, f, [[22.0, 13.0]])
+        >>> h.shape, round(float(h[0, 13, 22]), 4)  # a cell centre matched with itself
+        (torch.Size([1, 27, 36]), 1.0)
+    """
+    pts = as_points(points)
+    g1, g2 = src.geometry, dst.geometry
+    check_points_inside(pts, g1.image_size)
+    if flipped:
+        pts = flip_queries(pts, g1.image_size[0])
+    queries = sample_features(src.features, g1.image_to_grid(pts.to(src.features.device)))
+    return upsampled_similarity(queries, dst.features, g2.image_size).cpu()
+
+
+def match_record(
+    matches: Matches, *, image1: str, image2: str, image1_size, image2_size, model: str, method: str
+) -> dict:
+    """The JSON record of one image pair's matches (``distilldift match --json``, the demo's download).
+
+    ``image1_size`` / ``image2_size``: ``(W, H)``. Keys: the two images and sizes, model, method, the coordinate
+    convention, then :meth:`Matches.to_dict`.
+
+    Example:
+        >>> from distilldift.matching import Matches, match_record
+        >>> r = match_record(Matches.empty(), image1="a.jpg", image2="b.jpg", image1_size=(640, 480),
+        ...                  image2_size=(320, 240), model="lite", method="soft")
+        >>> r["image2_size"], r["points"]
+        ([320, 240], [])
+    """
+    return {
+        "image1": str(image1),
+        "image2": str(image2),
+        "image1_size": [int(v) for v in image1_size],
+        "image2_size": [int(v) for v in image2_size],
+        "model": model,
+        "method": method,
+        "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
+        **matches.to_dict(),
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +154,7 @@ def track_video(
     prefetch: bool = True,
     workers: int | None = None,
     settings: MatchSettings | None = None,
+    callback: Callable[[int, int | None], None] | None = None,
 ) -> Tracks:
     """Follow points placed on one frame through a whole video.
 
@@ -186,6 +187,8 @@ def track_video(
         prefetch: decode and resize the next batch in a background thread while the model runs.
         workers: forward passes run at once. Default: 2 on CPU with 2+ threads (each pass on half of torch's
             threads: a small model gains more from two passes than from more threads per pass), else 1.
+        callback: called as ``callback(frames_done, total_frames_or_None)`` after each batch (a web page's
+            progress bar, a log).
 
     Returns:
         :class:`Tracks` with ``points`` ``(T, N, 2)``, ``scores`` ``(T, N)``, ``visible`` ``(T, N)``.
@@ -284,6 +287,8 @@ def track_video(
                 out_vis.append(vis.cpu())
             if bar is not None:
                 bar[0].update(bar[1], advance=feats.shape[0])
+            if callback is not None:
+                callback(len(out_pts), source.length)
     finally:
         torch.set_num_threads(threads)
         if bar is not None:

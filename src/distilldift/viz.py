@@ -8,11 +8,21 @@ import os
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import InvalidInputError, MissingDependencyError
+from .errors import InvalidInputError, MissingDependencyError, ShapeError
 from .files import atomic_path, check_output
 from .images import ImageInput, as_points, load_image
 
-__all__ = ["draw_matches", "draw_tracks", "render_tracks", "palette", "image_formats", "VIDEO_FORMATS"]
+__all__ = [
+    "draw_matches",
+    "draw_heatmap",
+    "draw_heatmap_rows",
+    "draw_tracks",
+    "render_tracks",
+    "palette",
+    "heat_colours",
+    "image_formats",
+    "VIDEO_FORMATS",
+]
 
 VIDEO_FORMATS = (".mp4", ".mkv", ".mov")  # render_tracks: H.264 in these containers
 
@@ -36,6 +46,146 @@ def palette(n: int) -> list[tuple[int, int, int]]:
         r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0)
         out.append((int(r * 255), int(g * 255), int(b * 255)))
     return out
+
+
+# dark blue -> blue -> cyan -> yellow -> red: a perceptually ordered map that reads on photos
+_HEAT_ANCHORS = torch.tensor(
+    [[0.05, 0.03, 0.25], [0.10, 0.30, 0.85], [0.10, 0.80, 0.85], [0.95, 0.90, 0.15], [0.85, 0.10, 0.05]]
+)
+
+
+def heat_colours(values: torch.Tensor) -> torch.Tensor:
+    """Colours of a heat map: ``values`` ``(...)`` in [0, 1] (clamped) -> ``(..., 3)`` RGB in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> from distilldift.viz import heat_colours
+        >>> (heat_colours(torch.tensor([0.0, 0.5, 1.0])) * 100).round().tolist()  # dark blue, cyan, red
+        [[5.0, 3.0, 25.0], [10.0, 80.0, 85.0], [85.0, 10.0, 5.0]]
+    """
+    anchors = _HEAT_ANCHORS.to(values.device)
+    pos = values.float().clamp(0, 1) * (len(anchors) - 1)
+    lo = pos.floor().long().clamp(max=len(anchors) - 2)
+    frac = (pos - lo).unsqueeze(-1)
+    return anchors[lo] * (1 - frac) + anchors[lo + 1] * frac
+
+
+def draw_heatmap(
+    image: ImageInput,
+    heat: torch.Tensor,
+    *,
+    point: object | None = None,
+    mutual: bool = True,
+    colour: tuple[int, int, int] = (255, 255, 255),
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    out: str | os.PathLike | None = None,
+) -> Image.Image:
+    """Overlay a similarity map on an image, e.g. where one clicked point's descriptor matches in another image.
+
+    Args:
+        image: any image input accepted by :func:`load_image`, ``W x H``.
+        heat: ``(H, W)`` values at the image's pixels, e.g. one map of :func:`distilldift.matching.similarity_heatmaps`.
+        point: optional pixel ``(x, y)`` to mark (the match): a ring in ``colour``, filled when ``mutual``.
+        alpha: opacity of the colours (0: the image only, 1: the map only).
+        vmin, vmax: the values shown as the coldest / hottest colour (default: the map's minimum / maximum).
+        out: save the drawing there (format from the extension).
+
+    Returns:
+        The RGB ``PIL.Image`` at the image's size.
+
+    Raises:
+        ShapeError: ``heat`` is not ``(H, W)`` of the image.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.viz import draw_heatmap
+        >>> heat = torch.zeros(40, 60)
+        >>> heat[10, 20] = 1.0
+        >>> im = draw_heatmap(torch.zeros(3, 40, 60), heat, alpha=1.0)
+        >>> im.size, im.getpixel((20, 10)), im.getpixel((0, 0))  # hottest: red, coldest: dark blue
+        ((60, 40), (217, 26, 13), (13, 8, 64))
+    """
+    img = load_image(image)
+    h, w = img.shape[-2:]
+    heat = torch.as_tensor(heat).detach().float().cpu()
+    if heat.shape != (h, w):
+        raise ShapeError("heat", f"({h}, {w}) (the image's H, W)", tuple(heat.shape))
+    if not 0 <= alpha <= 1:
+        raise InvalidInputError(f"alpha must be in [0, 1], got {alpha}")
+    lo = float(heat.min()) if vmin is None else float(vmin)
+    hi = float(heat.max()) if vmax is None else float(vmax)
+    norm = (heat - lo) / max(hi - lo, 1e-12)
+    mixed = (1 - alpha) * img.cpu().permute(1, 2, 0) + alpha * heat_colours(norm)
+    canvas = Image.fromarray((mixed.clamp(0, 1) * 255).round().byte().numpy(), "RGB")
+    if point is not None:
+        p = torch.as_tensor(point, dtype=torch.float64).flatten()
+        if p.numel() != 2:
+            raise ShapeError("point", "(2,): one (x, y)", tuple(torch.as_tensor(point).shape))
+        (x, y), r = p.tolist(), max(4, min(w, h) // 40)
+        draw = ImageDraw.Draw(canvas)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour if mutual else None, outline=(0, 0, 0), width=2)
+        draw.ellipse([x - r - 2, y - r - 2, x + r + 2, y + r + 2], outline=colour, width=2)
+    if out is not None:
+        out = check_output(out, image_formats(), "drawing")
+        with atomic_path(out) as tmp:
+            canvas.save(tmp)
+    return canvas
+
+
+def draw_heatmap_rows(
+    img1: ImageInput,
+    img2: ImageInput,
+    query: object,
+    points: object,
+    heats: torch.Tensor,
+    *,
+    mutual: torch.Tensor | None = None,
+    height: int = 240,
+    out: str | os.PathLike | None = None,
+) -> Image.Image:
+    """One row per point: image 1 with the query marked | image 2 under that query's similarity map, match marked.
+
+    Args:
+        query, points: ``(N, 2)`` pixel ``(x, y)`` in ``img1`` / ``img2``; ``heats``: ``(N, H2, W2)`` (e.g.
+            :func:`distilldift.matching.similarity_heatmaps`); ``mutual``: ``(N,)`` bool (hollow marker if False).
+        height: height of each row in drawing pixels.
+
+    Returns:
+        The RGB ``PIL.Image``, ``N * height`` tall (each point in its :func:`palette` colour).
+
+    Example:
+        >>> import torch
+        >>> from distilldift.viz import draw_heatmap_rows
+        >>> im = draw_heatmap_rows(torch.zeros(3, 50, 80), torch.zeros(3, 100, 100), [[10, 10], [40, 20]],
+        ...                        [[20, 40], [50, 50]], torch.rand(2, 100, 100), height=60)
+        >>> im.size
+        (156, 120)
+    """
+    q, p = as_points(query, "query"), as_points(points, "points")
+    heats = torch.as_tensor(heats)
+    if q.shape != p.shape or heats.ndim != 3 or heats.shape[0] != q.shape[0]:
+        shapes = f"{tuple(q.shape)}, {tuple(p.shape)}, {tuple(heats.shape)}"
+        raise ShapeError("query, points, heats", "(N, 2), (N, 2), (N, H, W)", shapes)
+    keep = torch.ones(q.shape[0], dtype=torch.bool) if mutual is None else torch.as_tensor(mutual).bool().cpu()
+    a = _to_pil(img1)
+    rows = []
+    for i, colour in enumerate(palette(q.shape[0])):
+        left = a.copy()
+        x, y = q[i].tolist()
+        r = max(4, min(a.size) // 40)
+        ImageDraw.Draw(left).ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0), width=2)
+        right = draw_heatmap(img2, heats[i], point=p[i], mutual=bool(keep[i]), colour=colour)
+        rows.append(draw_matches(left, right, q[:0], p[:0], height=height))
+    canvas = Image.new("RGB", (max((r.width for r in rows), default=0), height * len(rows)))
+    for i, row in enumerate(rows):
+        canvas.paste(row, (0, i * height))
+    if out is not None:
+        out = check_output(out, image_formats(), "drawing")
+        with atomic_path(out) as tmp:
+            canvas.save(tmp)
+    return canvas
 
 
 def _to_pil(image: ImageInput) -> Image.Image:

@@ -1,0 +1,241 @@
+"""The demo's web page (Gradio): wires components to :class:`distilldift.demo.session.DemoSession`.
+
+Images tab: a source image (click on it), target images, the heat map of the newest point over each target, a
+table of all matches and their JSON. Video tab: a clip, clicks on its query frame, the tracked overlay video.
+Messages (bad upload, missing weights) go to the status line, never a traceback. Files are written only inside
+the session's temporary folder (Gradio's uploads included).
+"""
+
+import os
+from pathlib import Path
+
+try:  # an optional extra; build_app says how to install it
+    import gradio as gr
+except ImportError:  # pragma: no cover - tested by the message
+    gr = None
+
+from ..errors import DistillDiftError, MissingDependencyError
+from ..images import load_image
+from ..matching import list_localizers
+from ..variants import DEFAULT_VARIANT, RESIZE_MODES, list_variants
+from ..viz import palette
+from .session import DemoSession, DemoSettings, side_by_side
+
+__all__ = ["build_app", "launch", "DEFAULT_HOST"]
+
+DEFAULT_HOST = "127.0.0.1"
+_MODEL_DEFAULT = "default"  # the resize / size choice meaning "the variant's own"
+
+
+def _require_gradio() -> None:
+    if gr is None:
+        raise MissingDependencyError("the demo needs Gradio: pip install 'distilldift[demo]'")
+
+
+def _message(error: Exception) -> str:
+    return f"**error:** {error}"
+
+
+def _settings(model, method, pose_align, size, resize) -> DemoSettings:
+    size = int(size or 0)
+    return DemoSettings(
+        model=model,
+        method=method,
+        pose_align=bool(pose_align),
+        size=size if size > 0 else None,
+        resize=None if resize in (None, _MODEL_DEFAULT) else resize,
+    )
+
+
+def _table(results, points) -> str:
+    if not results or not points:
+        return ""
+    lines = [
+        "| point | colour | source (x, y) | target | match (x, y) | score | mutual |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    colours = palette(len(points))
+    for r in results:
+        for i, (q, p) in enumerate(zip(r.matches.query.tolist(), r.matches.points.tolist(), strict=True)):
+            hexc = "#{:02x}{:02x}{:02x}".format(*colours[i])
+            mutual = "yes" if bool(r.matches.mutual[i]) else "no"
+            lines.append(
+                f"| {i + 1} | <span style='color:{hexc}'>&#9679;</span> | {q[0]:.1f}, {q[1]:.1f} | {r.name} | "
+                f"{p[0]:.1f}, {p[1]:.1f} | {float(r.matches.scores[i]):.3f} | {mutual} |"
+            )
+    return "\n".join(lines)
+
+
+def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = None):
+    """The demo as a ``gradio.Blocks`` (not launched). ``model``: the initially selected model (variant or folder)."""
+    session = session or DemoSession()
+    os.environ["GRADIO_TEMP_DIR"] = str(session.workdir / "uploads")  # uploads stay in the session's folder
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    _require_gradio()
+    models = list_variants() if model in list_variants() else [model, *list_variants()]
+
+    def load_source(path):
+        if path is None:
+            return None, [], None, "", None, ""
+        try:
+            load_image(path)
+        except DistillDiftError as e:
+            return None, [], None, "", None, _message(e)
+        return path, [], None, "", None, f"source: {Path(path).name} - click a point on it"
+
+    def compute(src, points, targets, *opts):
+        """(source drawing, gallery, table, json file, status) for the current points."""
+        if src is None:
+            return gr.update(), None, "", None, "upload a source image first (or use the sample photos)"
+        settings = _settings(*opts)
+        good, problems = [], []
+        for t in targets or []:
+            try:
+                load_image(t)
+                good.append(t)
+            except DistillDiftError:
+                problems.append(
+                    f"{Path(t).name} is not an image we can read (corrupt or another kind of file): left out"
+                )
+        try:
+            drawing = session.draw_points(src, points)
+            if not good:
+                note = "add one or more target images (or use the sample photos)"
+                return drawing, None, "", None, "; ".join([*(_message(p) for p in problems), note])
+            results = session.click(src, good, points, settings, names=[Path(t).name for t in good])
+            img = load_image(src)
+            path = session.save_json(results, Path(src).name, (img.shape[-1], img.shape[-2]), settings)
+        except DistillDiftError as e:
+            return gr.update(), None, "", None, _message(e)
+        gallery = side_by_side([r.overlay for r in results])
+        status = f"{len(points)} point(s), {len(results)} target(s), model {settings.model}"
+        status = "; ".join([*(_message(p) for p in problems), status])
+        return drawing, gallery, _table(results, points), str(path), status
+
+    def on_click(src, points, targets, model, method, pose_align, size, resize, evt: gr.SelectData):
+        if src is None:
+            return gr.update(), points, None, "", None, "upload a source image first (or use the sample photos)"
+        points = [*points, [float(evt.index[0]), float(evt.index[1])]]
+        drawing, *rest = compute(src, points, targets, model, method, pose_align, size, resize)
+        return (drawing, points, *rest)
+
+    def refresh(src, points, targets, *opts):
+        out = compute(src, points, targets, *opts)
+        return out if src is not None else (gr.update(), None, "", None, out[-1])
+
+    def samples():
+        paths = [str(p) for p in session.sample_paths()]
+        return paths[0], paths[0], [], [paths[1]], "sample photos: click a point on the cat"
+
+    def load_frame(video, index):
+        if video is None:
+            return None, [], ""
+        try:
+            frame = session.video_frame(video, int(index or 0))
+        except DistillDiftError as e:
+            return None, [], _message(e)
+        return frame, [], f"frame {int(index or 0)}: click the points to follow"
+
+    def on_frame_click(video, index, points, evt: gr.SelectData):
+        if video is None:
+            return gr.update(), points
+        points = [*points, [float(evt.index[0]), float(evt.index[1])]]
+        return session.draw_points(session.video_frame(video, int(index or 0)), points), points
+
+    def run_track(video, index, points, *opts, progress=gr.Progress()):
+        if video is None:
+            return None, None, "upload a clip first"
+        settings = _settings(*opts)
+
+        def report(done, total):
+            progress((done, total), desc="tracking", unit="frames")
+
+        try:
+            overlay, tracks = session.track(video, points, settings, query_frame=int(index or 0), callback=report)
+        except DistillDiftError as e:
+            return None, None, _message(e)
+        return str(overlay), str(tracks), f"tracked {len(points)} point(s)"
+
+    with gr.Blocks(title="distilldift demo", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "## distilldift: semantic correspondence\n"
+            "Click a point on the source image: each target shows where it lands (heat map: similarity to the "
+            "clicked point; ring: the match, filled when mutual)."
+        )
+        with gr.Row():
+            model_in = gr.Dropdown(models, value=model, label="model", allow_custom_value=True, elem_id="model")
+            method_in = gr.Radio(list_localizers(), value="soft", label="method", elem_id="method")
+            pose_in = gr.Checkbox(False, label="pose-align (mirror the source when it fits better)", elem_id="pose")
+            size_in = gr.Number(0, precision=0, minimum=0, label="input size (0: the model's)", elem_id="size")
+            resize_in = gr.Dropdown([_MODEL_DEFAULT, *RESIZE_MODES], value=_MODEL_DEFAULT, label="resize")
+        opts = [model_in, method_in, pose_in, size_in, resize_in]
+        status = gr.Markdown("", elem_id="status")
+        with gr.Tab("Images"):
+            src_state, points_state = gr.State(None), gr.State([])
+            with gr.Row():
+                source = gr.Image(
+                    type="filepath", sources=["upload"], format="png", label="source: click a point", elem_id="source"
+                )
+                with gr.Column():
+                    targets = gr.File(file_count="multiple", label="target images", elem_id="targets")
+                    sample_btn = gr.Button("use the sample photos", elem_id="samples")
+                    clear_btn = gr.Button("clear the points", elem_id="clear")
+            gallery = gr.Image(
+                type="pil", interactive=False, format="png", label="where the point lands", elem_id="results"
+            )
+            table = gr.Markdown("", elem_id="matches")
+            download = gr.File(label="matches (JSON, as `distilldift match --json`)", elem_id="download")
+        with gr.Tab("Video"):
+            video_points = gr.State([])
+            with gr.Row():
+                video = gr.Video(sources=["upload"], label="clip", elem_id="video")
+                with gr.Column():
+                    query_frame = gr.Number(0, precision=0, minimum=0, label="query frame", elem_id="query-frame")
+                    frame = gr.Image(type="pil", interactive=False, label="click points on this frame", elem_id="frame")
+                    track_btn = gr.Button("track", elem_id="track")
+            tracked = gr.Video(label="tracks", elem_id="tracked")
+            tracks_file = gr.File(label="tracks (JSON)", elem_id="tracks-file")
+
+        results = [source, gallery, table, download, status]
+        source.upload(load_source, [source], [src_state, points_state, gallery, table, download, status])
+        source.select(on_click, [src_state, points_state, targets, *opts], [source, points_state, *results[1:]])
+        for trigger in (targets.change, *(c.change for c in opts)):
+            trigger(refresh, [src_state, points_state, targets, *opts], results)
+        clear_btn.click(lambda: [], None, points_state).then(
+            refresh, [src_state, points_state, targets, *opts], results
+        )
+        sample_btn.click(samples, None, [source, src_state, points_state, targets, status])
+        video.change(load_frame, [video, query_frame], [frame, video_points, status])
+        query_frame.submit(load_frame, [video, query_frame], [frame, video_points, status])
+        frame.select(on_frame_click, [video, query_frame, video_points], [frame, video_points])
+        track_btn.click(run_track, [video, query_frame, video_points, *opts], [tracked, tracks_file, status])
+    return demo
+
+
+def launch(
+    model: str = DEFAULT_VARIANT,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    share: bool = False,
+    device: str | None = None,
+    block: bool = True,
+):
+    """Build and start the demo on ``http://host:port`` (127.0.0.1 by default; ``share=True``: a public Gradio link).
+
+    ``block=False`` returns the running ``gradio.Blocks`` (call ``.close()``). Returns it after the server stops
+    otherwise.
+    """
+    session = DemoSession(device=device)
+    demo = build_app(model, session=session)
+    demo.queue().launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=not block,
+        inbrowser=False,
+        ssr_mode=False,
+        quiet=not block,
+        allowed_paths=[str(session.workdir)],
+    )
+    return demo
