@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import DistillDiftError, InvalidInputError
+from .files import EXPORT_FORMATS
 from .variants import DEFAULT_VARIANT, RESIZE_MODES
 
 app = typer.Typer(
@@ -411,6 +412,45 @@ def _eval_tracking(dataset, root, model, device, method, size, query, resolution
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         console.print(f"wrote {out}")
+
+
+ExportFormat = Enum("ExportFormat", {name: name for name in EXPORT_FORMATS}, type=str)  # from the library
+
+
+@app.command("export")
+@_user_errors
+def export_model(
+    out: Annotated[Path, typer.Option(help="Output file (.onnx).")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.onnx,
+    model: ModelOpt = DEFAULT_VARIANT,
+    size: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="H W of the example input [default: the variant's size, square].", show_default=False),
+    ] = None,
+    dynamic: Annotated[bool, typer.Option(help="--dynamic: any batch, height, width; --static: only --size.")] = True,
+    check: Annotated[bool, typer.Option(help="Compare with the PyTorch model in ONNX Runtime at two sizes.")] = True,
+) -> None:
+    """Export the dense feature extractor (normalised images -> feature maps) for ONNX Runtime / TensorRT."""
+    from .export import check_onnx, export_onnx
+    from .files import check_output
+
+    check_output(out, EXPORT_FORMATS[format.value], "--out")
+    net = _load(model, "cpu")
+    path = export_onnx(net, out, size=size, dynamic=dynamic)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; input 'images' (B, 3, H, W), output 'features')")
+    if check:
+        m = net.size_multiple
+        h, w = size or (net.variant.input_size, net.variant.input_size)
+        sizes = [(h, w)] + ([(max(m, h - 3 * m), w + 2 * m)] if dynamic else [])
+        try:
+            diffs = check_onnx(path, net, sizes)
+        except DistillDiftError as e:
+            console.print(f"not checked: {e}")
+            return
+        console.print(
+            "ONNX Runtime vs PyTorch, largest |difference|: "
+            + ", ".join(f"{a}x{b}: {d:.1e}" for (a, b), d in diffs.items())
+        )
 
 
 class YesNo(str, Enum):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import InvalidInputError
 
+EXPORT_FORMATS = {"onnx": (".onnx",)}  # export_onnx & co: format -> file suffixes (the CLI's --format choices)
+
 __all__ = ["check_output", "atomic_path", "readable_by_others"]
 
 
