@@ -106,3 +106,25 @@ def tiny_folder(tmp_path):
     folder = tmp_path / "tiny"
     model.save_pretrained(folder, save_base=True)
     return folder
+
+
+def test_readme_onnx_example_runs(lite_model, tmp_path, monkeypatch):
+    """The README's ONNX Runtime snippet, as written, on a lite export: its features equal the model's."""
+    import re
+    from pathlib import Path
+
+    from distilldift.samples import write_sample_photos
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"To run it:\n\n```python\n(.*?)```", readme, re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    write_sample_photos(tmp_path)
+    export_onnx(lite_model, tmp_path / "distilldift.onnx")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    x = scope["x"][None]
+    with torch.no_grad():
+        ref = lite_model(x)
+    assert (
+        scope["features"].shape == tuple(ref.shape) and (torch.from_numpy(scope["features"]) - ref).abs().max() < 1e-4
+    )
