@@ -1,0 +1,65 @@
+"""``match_points`` time and peak memory vs the number of points (1 ... 10,000) and the image size.
+
+    python benchmarks/bench_match_scale.py [--model lite] [--points 1 10 100 1000 10000]
+
+Each (size, points) runs in a fresh child process: the model is loaded and one 1-point match warms it up, then
+the timed call; memory is the peak RSS above the process after the warm-up (the similarity maps are computed in
+chunks of at most 2^25 floats, so it should not grow with the number of points). Images: the sample photo (a cat)
+resized to each size, matched with a mirrored copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZES = [(320, 240), (640, 480), (1280, 960)]
+
+
+def child(model_name: str, w: int, h: int, n: int) -> dict:
+    from distilldift import load_model, match_points
+    from distilldift.samples import sample_photos
+
+    torch.manual_seed(0)
+    model = load_model(model_name)
+    cat = sample_photos()["cat.png"].resize((w, h))
+    other = cat.transpose(0)  # mirrored
+    match_points(cat, other, [[w / 2, h / 2]], model=model)  # warm-up
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    pts = torch.rand(n, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w - 1, h - 1])
+    t0 = time.perf_counter()
+    m = match_points(cat, other, pts, model=model)
+    took = time.perf_counter() - t0
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    return {"seconds": took, "peak_mb": grew / 1024, "matched": len(m)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--points", type=int, nargs="+", default=[1, 10, 100, 1000, 10000])
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        name, w, h, n = args.child
+        print(json.dumps(child(name, int(w), int(h), int(n))))
+        return
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, model {args.model}")
+    print(f"{'image':>10} {'points':>7} {'seconds':>8} {'ms/point':>9} {'peak +MB':>9}")
+    for w, h in SIZES:
+        for n in args.points:
+            cmd = [sys.executable, __file__, "--child", args.model, str(w), str(h), str(n)]
+            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            assert r["matched"] == n
+            print(f"{w}x{h:>4} {n:7d} {r['seconds']:8.2f} {1000 * r['seconds'] / n:9.2f} {r['peak_mb']:9.0f}")
+
+
+if __name__ == "__main__":
+    main()
