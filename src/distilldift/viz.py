@@ -20,6 +20,7 @@ __all__ = [
     "render_tracks",
     "palette",
     "heat_colours",
+    "to_pil",
     "image_formats",
     "VIDEO_FORMATS",
 ]
@@ -169,7 +170,7 @@ def draw_heatmap_rows(
         shapes = f"{tuple(q.shape)}, {tuple(p.shape)}, {tuple(heats.shape)}"
         raise ShapeError("query, points, heats", "(N, 2), (N, 2), (N, H, W)", shapes)
     keep = torch.ones(q.shape[0], dtype=torch.bool) if mutual is None else torch.as_tensor(mutual).bool().cpu()
-    a = _to_pil(img1)
+    a = to_pil(img1)
     rows = []
     for i, colour in enumerate(palette(q.shape[0])):
         left = a.copy()
@@ -188,7 +189,15 @@ def draw_heatmap_rows(
     return canvas
 
 
-def _to_pil(image: ImageInput) -> Image.Image:
+def to_pil(image: ImageInput) -> Image.Image:
+    """Any image input (:func:`load_image`) as an RGB ``PIL.Image`` of the same ``W x H``.
+
+    Example:
+        >>> import torch
+        >>> from distilldift.viz import to_pil
+        >>> to_pil(torch.ones(3, 20, 30)).size, to_pil(torch.ones(3, 20, 30)).getpixel((0, 0))
+        ((30, 20), (255, 255, 255))
+    """
     t = load_image(image)
     arr = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(arr, "RGB")
@@ -228,7 +237,7 @@ def draw_matches(
         >>> im.size
         (260, 100)
     """
-    a, b = _to_pil(img1), _to_pil(img2)
+    a, b = to_pil(img1), to_pil(img2)
     p1, p2 = as_points(points1, "points1"), as_points(points2, "points2")
     if p1.shape != p2.shape:
         raise InvalidInputError(
@@ -273,7 +282,7 @@ def draw_tracks(frame: ImageInput, points: torch.Tensor, visible: torch.Tensor |
         >>> im.size, im.getpixel((20, 10)) != (0, 0, 0)
         ((60, 40), True)
     """
-    img = _to_pil(frame)
+    img = to_pil(frame)
     draw = ImageDraw.Draw(img)
     r = radius or max(3, img.height // 120)
     length, n = points.shape[0], points.shape[1]

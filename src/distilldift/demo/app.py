@@ -88,22 +88,21 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
         if src is None:
             return gr.update(), None, "", None, "upload a source image first (or use the sample photos)"
         settings = _settings(*opts)
-        good, problems = [], []
-        for t in targets or []:
+        good, names, problems = [], [], []
+        for t in targets or []:  # each image decoded once per click
             try:
-                load_image(t)
-                good.append(t)
+                good.append(load_image(t))
+                names.append(Path(t).name)
             except DistillDiftError:
-                problems.append(
-                    f"{Path(t).name} is not an image we can read (corrupt or another kind of file): left out"
-                )
+                name = Path(t).name
+                problems.append(f"{name} is not an image we can read (corrupt or another kind of file): left out")
         try:
-            drawing = session.draw_points(src, points)
+            img = load_image(src)
+            drawing = session.draw_points(img, points)
             if not good:
                 note = "add one or more target images (or use the sample photos)"
                 return drawing, None, "", None, "; ".join([*(_message(p) for p in problems), note])
-            results = session.click(src, good, points, settings, names=[Path(t).name for t in good])
-            img = load_image(src)
+            results = session.click(img, good, points, settings, names=names)
             path = session.save_json(results, Path(src).name, (img.shape[-1], img.shape[-2]), settings)
         except DistillDiftError as e:
             return gr.update(), None, "", None, _message(e)

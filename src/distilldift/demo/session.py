@@ -23,7 +23,7 @@ from ..features import FeatureMap, extract_feature_maps
 from ..images import load_image
 from ..matching import Matches, MatchSettings, match_feature_maps, match_record, similarity_heatmaps
 from ..model import DistillDiftModel
-from ..viz import draw_heatmap, palette
+from ..viz import draw_heatmap, palette, to_pil
 
 __all__ = ["DemoSettings", "TargetResult", "DemoSession", "side_by_side"]
 
@@ -94,6 +94,7 @@ class DemoSession:
         self._models: dict[str, DistillDiftModel] = {}
         self._features: OrderedDict[tuple, FeatureMap] = OrderedDict()
         self._cache_size = cache_size
+        self._frame: tuple | None = None  # (video, index) -> its frame, the last one asked for
         self.hits = 0  # feature maps served from the cache (tests, the latency benchmark)
         self.misses = 0
 
@@ -154,7 +155,7 @@ class DemoSession:
             name = names[i] if names is not None else f"target {i + 1}"
             m = match_feature_maps(src, dst, pts, mirrored=mirrored, flip=flip, settings=ms)
             if len(m) == 0:
-                overlay = Image.fromarray((tgt_img.permute(1, 2, 0) * 255).round().byte().numpy())
+                overlay = to_pil(tgt_img)
             else:
                 heat = similarity_heatmaps(mirrored if m.flipped else src, dst, pts[-1:], flipped=m.flipped)[0]
                 overlay = draw_heatmap(
@@ -167,8 +168,7 @@ class DemoSession:
 
     def draw_points(self, source: object, points: object) -> Image.Image:
         """The source image with the clicked points as dots in their colours."""
-        img = load_image(source)
-        canvas = Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy())
+        canvas = to_pil(source)
         pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
         _dots(canvas, pts, palette(max(1, pts.shape[0])), outline=True)
         return canvas
@@ -207,10 +207,14 @@ class DemoSession:
 
         if index < 0:
             raise InvalidInputError(f"the query frame must be >= 0, got {index}")
+        key = (str(video), index)
+        if self._frame is not None and self._frame[0] == key:  # every click on the frame asks for it again
+            return self._frame[1]
         n = 0
         for n, frame in enumerate(iter_frames(video), start=1):
             if n - 1 == index:
-                return Image.fromarray((frame.permute(1, 2, 0) * 255).round().byte().numpy())
+                self._frame = (key, to_pil(frame))
+                return self._frame[1]
         raise InvalidInputError(f"query frame {index} is out of range: the clip has {n} frames")
 
     def track(
