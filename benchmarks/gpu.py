@@ -55,10 +55,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def throughput(fn, batch: int, size: int, device: str, iters: int, precision: str) -> float:
+def throughput(fn, model, batch: int, size: int, device: str, iters: int, precision: str) -> float:
     x = torch.randn(batch, 3, size, size, device=device)
-    use_bf16 = precision != "fp32"
-    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+    model.set_precision("fp32" if precision == "fp32" else "bf16")  # the library's bf16 autocast (load_model's)
+    with torch.inference_mode():
         for _ in range(2):  # warm-up (and compilation)
             fn(x)
         sync(device)
@@ -120,11 +120,11 @@ def main() -> None:
                 continue
             compiled = torch.compile(model, dynamic=False)
         fn = compiled if precision == "bf16+compile" else model
-        one = throughput(fn, 1, size, device, iters, precision)
+        one = throughput(fn, model, 1, size, device, iters, precision)
         best, best_b = 0.0, 0
         for b in batches:
             try:
-                ips = throughput(fn, b, size, device, max(2, iters // 2), precision)
+                ips = throughput(fn, model, b, size, device, max(2, iters // 2), precision)
             except torch.OutOfMemoryError:
                 break
             if ips > best:
@@ -132,11 +132,12 @@ def main() -> None:
         peak = peaks[0] if peaks and precision != "fp32" else (peaks[1] if peaks else None)
         mfu = f"{100 * best * flops / (peak * 1e12):.1f} %" if peak else "n/a"
         rows.append((precision, one, best, best_b, mfu))
+    model.set_precision("bf16" if device.startswith("cuda") else "fp32")  # what load_model picks there
     tfps = track_fps(model, size, device, 8 if quick else 64)
     print(f"{'precision':14} {'img/s b=1':>10} {'img/s best':>11} {'batch':>6} {'MFU':>8}")
     for precision, one, best, b, mfu in rows:
         print(f"{precision:14} {one:10.1f} {best:11.1f} {b:6d} {mfu:>8}")
-    print(f"track_video at {size}x{size}, 64 points, fp32: {tfps:.1f} frames/s")
+    print(f"track_video at {size}x{size}, 64 points, {model.precision}: {tfps:.1f} frames/s")
     print(f"peak memory: {peak_memory(device)}")
 
 

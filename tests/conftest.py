@@ -83,12 +83,17 @@ def hub():
     HUB.down = False
 
 
-@pytest.fixture
-def tiny_model():
+def make_tiny_model():
+    """The paper's architecture at a tiny size (random init, seed 0) with a non-zero q/v LoRA adapter."""
     torch.manual_seed(0)
     model = create_model("distilldift_us", **TINY)
     randomise_adapter(model)
     return model
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
 
 
 @pytest.fixture(scope="session")

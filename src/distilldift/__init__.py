@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "extract_features": "features",
     "save_features": "features",
     "load_features": "features",
+    "extract_to_folder": "store",
+    "FeatureStore": "store",
     "GridGeometry": "images",
     "load_image": "images",
     "Matches": "matching",
@@ -76,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "PointsOutsideImageError": "errors",
     "ShapeError": "errors",
     "UnknownVariantError": "errors",
+    "UnknownImageError": "errors",
     "WeightsNotFoundError": "errors",
     "VideoError": "errors",
     "DatasetError": "errors",
@@ -110,6 +113,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         MissingDependencyError,
         PointsOutsideImageError,
         ShapeError,
+        UnknownImageError,
         UnknownVariantError,
         VideoError,
         WeightsNotFoundError,
@@ -132,6 +136,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         upsampled_similarity,
     )
     from .model import DistillDiftModel
+    from .store import FeatureStore, extract_to_folder
     from .variants import DEFAULT_VARIANT, LoraSpec, ReleaseFile, Variant, get_variant, list_variants, register_variant
     from .video import Tracks, track_video
     from .viz import draw_matches, draw_tracks, render_tracks

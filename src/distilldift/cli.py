@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import DistillDiftError, InvalidInputError
-from .files import EXPORT_FORMATS
-from .variants import DEFAULT_VARIANT, RESIZE_MODES
+from .files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES
+from .variants import DEFAULT_VARIANT, PRECISION_CHOICES, RESIZE_MODES
 
 app = typer.Typer(
     name="distilldift",
@@ -42,6 +42,7 @@ class FlipChoice(str, Enum):
 
 HEATMAP_ROWS = 16  # match --heatmap: rows drawn at most
 ResizeChoice = Enum("ResizeChoice", {mode: mode for mode in RESIZE_MODES}, type=str)  # from the library
+PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISION_CHOICES}, type=str)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -112,10 +113,10 @@ def _grid_points(width: int, height: int, n: int) -> list[list[float]]:
     return [[x, y] for y in ys for x in xs]
 
 
-def _load(model: str, device: str | None):
+def _load(model: str, device: str | None, precision: PrecisionChoice | None = None, compile: bool = False):
     from .loading import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, precision=precision.value if precision else "auto", compile=compile)
 
 
 def _check_outputs(
@@ -143,6 +144,13 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda (default: cpu).")]
 SizeOpt = Annotated[int | None, typer.Option(min=1, help="Model input size in pixels (default: the variant's).")]
 ResizeOpt = Annotated[ResizeChoice | None, typer.Option(help="Resize mode (default: the variant's).")]
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option(help="Arithmetic: auto (bf16 autocast on a CUDA GPU that has it, else fp32), fp32, bf16."),
+]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the model (slow first batch; for many images of one size).")
+]
 
 
 @app.command()
@@ -171,7 +179,14 @@ def match(
             help=f"Write each point's similarity map over IMAGE2 (PNG/JPEG; the first {HEATMAP_ROWS} points)."
         ),
     ] = None,
+    coarse_to_fine: Annotated[
+        bool,
+        typer.Option(
+            "--coarse-to-fine", help="Search the best cell, then pixels near it (much faster for 1000s of points)."
+        ),
+    ] = False,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = PrecisionChoice.auto,
 ) -> None:
     """Find the points of IMAGE2 that correspond to points of IMAGE1."""
     from .features import extract_feature_maps
@@ -190,13 +205,14 @@ def match(
     a, b = load_image(image1), load_image(image2)
     pts = as_points(_collect_points(points, points_file, grid, lambda: a))
     check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")
-    net = _load(model, device)
+    net = _load(model, device, precision)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     images = [a, b] + ([a.flip(-1)] if flip_arg else [])  # what match_points computes, kept for the heat maps
     maps = extract_feature_maps(net, images, size=size, resize=resize.value if resize else None)
     mirrored = maps[2] if flip_arg else None
+    settings = MatchSettings(method=method)
     m = match_feature_maps(
-        maps[0], maps[1], pts, mirrored=mirrored, flip=flip_arg, settings=MatchSettings(method=method)
+        maps[0], maps[1], pts, mirrored=mirrored, flip=flip_arg, settings=settings, exhaustive=not coarse_to_fine
     )
     table = Table(title=f"{image1.name} -> {image2.name} ({model})")
     for col in ("#", "x1", "y1", "x2", "y2", "score", "mutual"):
@@ -233,32 +249,103 @@ def match(
         console.print(f"wrote {json_out}")
 
 
+DtypeChoice = Enum("DtypeChoice", {d: d for d in FEATURE_DTYPE_NAMES}, type=str)
+
+
 @app.command()
 @_user_errors
 def extract(
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    out: Annotated[Path, typer.Option(help="Output .safetensors file.")],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Image files, folders (every image below) or .txt lists of image paths (one per line)."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="A folder: features in shards + index.json, resumable, shared by torchrun processes. "
+            "Or a .safetensors file: all features in one file (small sets)."
+        ),
+    ],
     model: ModelOpt = DEFAULT_VARIANT,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass [default: 16 on GPU, 1 on CPU].", show_default=False),
+    ] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Folder: images per shard file.")] = 128,
+    decoders: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Folder: processes decoding images [default: one per core, up to 8 on GPU, 2 on CPU].",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Folder: forward passes at once [default: 2 on CPU, 1 on GPU].", show_default=False),
+    ] = None,
+    dtype: Annotated[DtypeChoice, typer.Option(help="Stored type (float16 halves the disk).")] = DtypeChoice.float32,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Folder: record unreadable images in the index and go on.")
+    ] = False,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = PrecisionChoice.auto,
+    compile: CompileOpt = False,
 ) -> None:
-    """Save dense features of images to a safetensors file.
+    """Save the dense features of images: to a folder (datasets; rerun to resume; torchrun-aware) or one file.
 
-    Keys: ``features.{i}`` ``(C, gh, gw)`` float32 per image (in argument order); the metadata entry
-    ``distilldift`` holds JSON with the image paths and their pixel <-> grid geometry. Read it back with
-    ``distilldift.load_features``.
+    Read a folder back with ``distilldift.FeatureStore(folder)[image_name]`` (names: paths relative to the folder
+    given, or as listed / given), a file with ``distilldift.load_features``.
     """
-    from .features import FeatureMap, extract_features, save_features
+    import os
 
+    from .features import extract_feature_maps, save_features
+    from .images import load_image
+    from .store import FEATURE_DTYPES, extract_to_folder, list_images
+
+    resize_arg = resize.value if resize else None
+    if out.suffix and out.suffix.lower() != ".safetensors" and not out.is_dir():
+        raise InvalidInputError(
+            f"--out {str(out)!r}: give a folder (features in shards + index.json) or a .safetensors file"
+        )
+    if out.suffix.lower() != ".safetensors":
+        rank = int(os.environ.get("RANK", "0"))
+        if device is not None and device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
+        _check_outputs(device)
+        net = _load(model, device, precision, compile)
+        r = extract_to_folder(
+            sources,
+            out,
+            net,
+            model_name=model,
+            size=size,
+            resize=resize_arg,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            decoders=decoders,
+            workers=workers,
+            dtype=dtype.value,
+            skip_bad=skip_bad,
+            progress=rank == 0,
+        )
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:  # torchrun: each process says its share
+            console.print(f"process {rank} of {world}: {r.written} shards written, {r.done_before} were done before")
+        if rank == 0:
+            before = f"; {r.done_before} were done before" if r.done_before else ""
+            bad = f"; {len(r.unreadable)} unreadable image(s) skipped" if r.unreadable else ""
+            console.print(f"wrote {out}: {r.images} images in {r.shards} shards ({r.written} written now{before}{bad})")
+        return
     _check_outputs(device, (out, (".safetensors",), "--out"))
-    net = _load(model, device)
-    maps = []
-    for path in images:
-        f = extract_features(path, net, size=size, resize=resize.value if resize else None)
-        maps.append(FeatureMap(f.features[0], f.geometry[0]))
-    save_features(maps, out, names=[str(p) for p in images], model=model)
-    console.print(f"wrote {out} ({len(images)} feature maps)")
+    items = [item for source in sources for item in list_images(source)]  # files in argument order
+    net = _load(model, device, precision, compile)
+    images = [load_image(path) for _, path in items]
+    maps = extract_feature_maps(net, images, size=size, resize=resize_arg, batch_size=batch_size or 1)
+    save_features(maps, out, names=[name for name, _ in items], model=model, dtype=FEATURE_DTYPES[dtype.value])
+    console.print(f"wrote {out} ({len(maps)} feature maps)")
 
 
 @app.command()
@@ -284,6 +371,8 @@ def track(
     out: Annotated[Path | None, typer.Option(help="Write the tracks: .json or .csv.")] = None,
     render: Annotated[Path | None, typer.Option(help="Write the video with the tracks drawn on it (.mp4).")] = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = PrecisionChoice.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """Follow points placed on one frame through a whole VIDEO."""
     import time
@@ -294,7 +383,7 @@ def track(
 
     _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"), method=method)
     pts = _collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
-    net = _load(model, device)
+    net = _load(model, device, precision, compile)
     start = time.perf_counter()
     tracks = track_video(
         video,
@@ -346,6 +435,8 @@ def eval_(
         str, typer.Option(help="tapvid: queries at each track's first visible frame or strided.")
     ] = "first",
     resolution: Annotated[int, typer.Option(min=16, help="tapvid: frames and metrics at this square size.")] = 256,
+    precision: PrecisionOpt = PrecisionChoice.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """PCK@0.1/0.05/0.01 (image and bbox thresholds) per point, pair and category; tapvid: AJ, delta_avg, OA."""
     from .datasets import TRACKING_DATASETS, read_dataset
@@ -353,10 +444,11 @@ def eval_(
 
     _check_outputs(device, (out, (".json",), "--out"), method=method)
     if dataset in TRACKING_DATASETS:
-        _eval_tracking(dataset, root, model, device, method, size, query, resolution, limit, out)
+        load = functools.partial(_load, model, device, precision, compile)
+        _eval_tracking(dataset, root, model, load, method, size, query, resolution, limit, out)
         return
     data = read_dataset(dataset, root, split)
-    net = _load(model, device)
+    net = _load(model, device, precision, compile)
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     r = evaluate(
         data, net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
@@ -380,7 +472,7 @@ def eval_(
         console.print(f"wrote {out}")
 
 
-def _eval_tracking(dataset, root, model, device, method, size, query, resolution, limit, out) -> None:
+def _eval_tracking(dataset, root, model, load, method, size, query, resolution, limit, out) -> None:
     """``eval --dataset tapvid``: TAP-Vid's protocol on ``track_video``, a table per clip and overall."""
     from .datasets import TRACKING_DATASETS
     from .files import atomic_path
@@ -389,7 +481,7 @@ def _eval_tracking(dataset, root, model, device, method, size, query, resolution
     if query not in QUERY_MODES:
         raise InvalidInputError(f"--query must be one of {', '.join(QUERY_MODES)}, got {query!r}")
     clips = TRACKING_DATASETS[dataset](root)[:limit]
-    net = _load(model, device)
+    net = load()
     overall, per_clip = evaluate_tracking(clips, net, query_mode=query, resolution=resolution, method=method, size=size)
     protocol = (
         f"TAP-Vid protocol: {query} queries, frames and metrics at {resolution}x{resolution}, thresholds 1-16 px; "

@@ -14,6 +14,7 @@ __all__ = [
     "ImageLoadError",
     "PointsOutsideImageError",
     "UnknownVariantError",
+    "UnknownImageError",
     "WeightsNotFoundError",
     "DownloadError",
     "CheckpointError",
@@ -55,6 +56,13 @@ class PointsOutsideImageError(InvalidInputError):
 
 class UnknownVariantError(InvalidInputError):
     """A model name is neither a registered variant, a local folder nor a Hub repo id."""
+
+
+class UnknownImageError(InvalidInputError, KeyError):
+    """An image name is not in a features folder (:class:`~distilldift.FeatureStore`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class WeightsNotFoundError(DistillDiftError, FileNotFoundError):

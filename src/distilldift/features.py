@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +22,8 @@ __all__ = [
     "FeatureMap",
     "extract_features",
     "extract_feature_maps",
+    "run_prepared",
+    "run_concurrently",
     "resolve_model",
     "get_default_model",
     "save_features",
@@ -119,20 +123,78 @@ def extract_feature_maps(
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    p = next(model.parameters())
-    out: list[FeatureMap | None] = [None] * len(images)
+    out: list[FeatureMap] = []
     for start in range(0, len(images), batch_size):
-        chunk = range(start, min(start + batch_size, len(images)))
-        prepared = {i: model.prepare(images[i], size, resize) for i in chunk}
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, geom) in prepared.items():
-            groups.setdefault(geom.input_size, []).append(i)
-        for idx in groups.values():
-            x = torch.stack([prepared[i][0] for i in idx]).to(device=p.device, dtype=p.dtype)
-            feats = model(x).float()
-            for j, i in enumerate(idx):
-                out[i] = FeatureMap(feats[j], prepared[i][1])
+        chunk = images[start : start + batch_size]
+        out.extend(run_prepared(model, [model.prepare(image, size, resize) for image in chunk]))
+    return out
+
+
+@torch.inference_mode()
+def run_prepared(model: DistillDiftModel, prepared: Sequence[tuple[torch.Tensor, GridGeometry]]) -> list[FeatureMap]:
+    """The model on inputs already made by ``model.prepare``: one :class:`FeatureMap` per input, in order.
+
+    Inputs of equal input size share one forward pass (a batch of mixed sizes is split by size).
+
+    Args:
+        model: the model.
+        prepared: ``(x, geometry)`` pairs from :meth:`DistillDiftModel.prepare`, ``x`` ``(3, h, w)`` normalised.
+
+    Example:
+        >>> import torch
+        >>> from distilldift import create_model
+        >>> from distilldift.features import run_prepared
+        >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+        >>> fm = run_prepared(m, [m.prepare(torch.rand(3, 60, 90), size=56), m.prepare(torch.rand(3, 9, 9), size=28)])
+        >>> [tuple(f.features.shape) for f in fm]
+        [(32, 4, 4), (32, 2, 2)]
+    """
+    p = next(model.parameters())
+    out: list[FeatureMap | None] = [None] * len(prepared)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (_, geom) in enumerate(prepared):
+        groups.setdefault(geom.input_size, []).append(i)
+    for idx in groups.values():
+        x = torch.stack([prepared[i][0] for i in idx]).to(device=p.device, dtype=p.dtype)
+        feats = model(x).float()
+        for j, i in enumerate(idx):
+            out[i] = FeatureMap(feats[j], prepared[i][1])
     return out  # type: ignore[return-value]
+
+
+def run_concurrently(items: Iterable, fn: Callable, *, workers: int = 1, threads: int | None = None) -> Iterator:
+    """``fn(item)`` for each item, in order; with ``workers > 1`` that many calls run at once in threads, each on its
+    share of ``threads`` torch threads (default: ``torch.get_num_threads()``).
+
+    On a CPU a small model uses the cores better as two forward passes on half of them each than as one on all
+    (``track_video`` and ``extract_to_folder`` run their forward passes through here). At most ``workers + 1``
+    items are in flight; ``items`` is consumed lazily.
+
+    Example:
+        >>> from distilldift.features import run_concurrently
+        >>> list(run_concurrently(range(5), lambda i: i * i, workers=2))
+        [0, 1, 4, 9, 16]
+    """
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    share = max(1, (threads or torch.get_num_threads()) // workers)
+    with ThreadPoolExecutor(
+        workers, initializer=torch.set_num_threads, initargs=(share,), thread_name_prefix="distilldift-forward"
+    ) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(_inference, fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _inference(fn: Callable, item):
+    with torch.inference_mode():  # per thread: a pool thread does not inherit the caller's mode
+        return fn(item)
 
 
 def extract_features(
@@ -186,13 +248,20 @@ def extract_features(
 
 
 def save_features(
-    maps: Sequence[FeatureMap], path: str | os.PathLike, *, names: Sequence[str] | None = None, model: str = ""
+    maps: Sequence[FeatureMap],
+    path: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    model: str = "",
+    dtype: torch.dtype = torch.float32,
+    extra: dict | None = None,
 ) -> Path:
     """Write feature maps to a ``.safetensors`` file (what ``distilldift extract`` writes); :func:`load_features`.
 
-    Keys ``features.{i}``: ``(C, gh, gw)`` float32 per map, in order. The metadata entry ``distilldift`` holds JSON:
-    ``{"model": model, "images": [{"image": name, "image_size": [W, H], "input_size": [w, h], "grid": [gw, gh]}]}``
-    (the exact pixel <-> grid geometry of each map). Written atomically.
+    Keys ``features.{i}``: ``(C, gh, gw)`` per map, in order, stored as ``dtype`` (float32, or float16 / bfloat16
+    for half the disk). The metadata entry ``distilldift`` holds JSON: ``{"model": model, "images": [{"image": name,
+    "image_size": [W, H], "input_size": [w, h], "grid": [gw, gh]}], **extra}`` (the exact pixel <-> grid geometry
+    of each map). Written atomically; the same maps give the same bytes.
 
     Example:
         >>> import tempfile, torch
@@ -215,10 +284,11 @@ def save_features(
     tensors, meta = {}, []
     for i, (fm, name) in enumerate(zip(maps, names, strict=True)):
         g = fm.geometry
-        tensors[f"features.{i}"] = fm.features.detach().float().cpu().contiguous()
+        tensors[f"features.{i}"] = fm.features.detach().to(device="cpu", dtype=dtype).contiguous()
         meta.append({"image": name, "image_size": g.image_size, "input_size": g.input_size, "grid": g.grid_size})
+    header = {"model": model, "images": meta, **(extra or {})}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"distilldift": json.dumps({"model": model, "images": meta})})
+        save_file(tensors, str(tmp), metadata={"distilldift": json.dumps(header)})
     return path
 
 
@@ -226,8 +296,8 @@ def load_features(path: str | os.PathLike) -> tuple[list[FeatureMap], dict]:
     """Read a file written by :func:`save_features` / ``distilldift extract``: ``(maps, metadata)``.
 
     Returns:
-        One :class:`FeatureMap` per image (``(C, gh, gw)`` float32 on the CPU with its :class:`GridGeometry`), and
-        the metadata dict (``model``, ``images``).
+        One :class:`FeatureMap` per image (``(C, gh, gw)`` float32 on the CPU, whatever the stored dtype, with its
+        :class:`GridGeometry`), and the metadata dict (``model``, ``images``).
     """
     from safetensors import safe_open
 
@@ -240,7 +310,7 @@ def load_features(path: str | os.PathLike) -> tuple[list[FeatureMap], dict]:
             maps = []
             for i, entry in enumerate(meta["images"]):
                 geom = GridGeometry(tuple(entry["image_size"]), tuple(entry["input_size"]), tuple(entry["grid"]))
-                maps.append(FeatureMap(f.get_tensor(f"features.{i}"), geom))
+                maps.append(FeatureMap(f.get_tensor(f"features.{i}").float(), geom))
     except (KeyError, ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{str(p)!r} is not a distilldift features file (distilldift extract): {e}") from e
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for corrupt files

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import InvalidInputError
 
 EXPORT_FORMATS = {"onnx": (".onnx",)}  # export_onnx & co: format -> file suffixes (the CLI's --format choices)
+FEATURE_DTYPE_NAMES = ("float32", "float16", "bfloat16")  # how features files store features (torch dtype names)
 
 __all__ = ["check_output", "atomic_path", "readable_by_others"]
 

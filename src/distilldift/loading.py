@@ -25,9 +25,16 @@ from .layout import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME
 from .lite import lite0_available
 from .model import DistillDiftModel
 from .release import MIRROR_ENV, cached_release, fetch_release, release_folder, release_urls
-from .variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
+from .variants import DEFAULT_VARIANT, PRECISION_CHOICES, Variant, get_variant, list_variants
 
-__all__ = ["create_model", "load_model", "weight_sources", "fetch_weights", "WeightSource", "check_device"]
+__all__ = [
+    "create_model",
+    "load_model",
+    "weight_sources",
+    "fetch_weights",
+    "WeightSource",
+    "check_device",
+]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SourceKind = Literal["hub-adapter", "release", "base", "none"]
@@ -306,6 +313,8 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     merge: bool = True,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> DistillDiftModel:
     """Load a model with weights: a local folder, a registered variant, or a Hugging Face repo id.
 
@@ -324,6 +333,10 @@ def load_model(
             its ``distilldift`` subfolder.
         local_files_only: never touch the network; use only the cache (also ``HF_HUB_OFFLINE=1``).
         merge: merge the LoRA adapter into the weights (same outputs, no adapter overhead).
+        precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, else fp32), ``"fp32"`` or
+            ``"bf16"`` (:meth:`DistillDiftModel.set_precision`).
+        compile: ``torch.compile`` the forward pass (the first call per input size compiles, ~10-60 s; pays off
+            for many images of one size: ``BENCHMARKS.md``).
 
     Returns:
         A :class:`DistillDiftModel` in eval mode with gradients off.
@@ -342,7 +355,13 @@ def load_model(
         raise InvalidInputError(
             f"load_model expects a variant name, a model folder or a repo id, got {type(name_or_path).__name__}"
         )
-    check_device(device)
+    dev = check_device(device)
+    if precision not in PRECISION_CHOICES:
+        raise InvalidInputError(f"precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto":
+        gpu = dev is not None and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if gpu and dtype in (None, torch.float32) else "fp32"
+    finish = dict(merge=merge, device=device, dtype=dtype, precision=precision, compile=compile)
     ref = os.fspath(name_or_path)
     kind, sep, rest = ref.partition(":")
     if sep and kind == "local-dir":  # explicit sources: no guessing
@@ -351,14 +370,14 @@ def load_model(
             raise WeightsNotFoundError(f"local-dir: {rest!r} is not a folder")
         where = f"folder {str(path)!r}"
         model = load_folder(folder_getter(path), where, cache_dir=cache_dir, local_files_only=local_files_only)
-        return _finish(model, merge, device, dtype)
+        return _finish(model, **finish)
     elif sep and kind == "hf-hub":
         if not _REPO_ID.match(rest.partition("@")[0]):
             raise UnknownVariantError(f"hf-hub: {rest!r} is not a Hugging Face repo id of the form 'owner/name'")
         repo, rev = split_revision(rest)
         get = hub_getter(repo, revision=revision or rev, cache_dir=cache_dir, local_files_only=local_files_only)
         model = load_folder(get, f"Hugging Face repo {repo!r}", cache_dir=cache_dir, local_files_only=local_files_only)
-        return _finish(model, merge, device, dtype)
+        return _finish(model, **finish)
     path = Path(ref).expanduser()
     registered = ref in list_variants()
     if path.is_dir():
@@ -384,10 +403,14 @@ def load_model(
             f"{ref!r} is not a registered variant ({', '.join(list_variants())}), an existing folder, "
             "or a Hugging Face repo id of the form 'owner/name'"
         )
-    return _finish(model, merge, device, dtype)
+    return _finish(model, **finish)
 
 
-def _finish(model: DistillDiftModel, merge: bool, device, dtype) -> DistillDiftModel:
+def _finish(model: DistillDiftModel, *, merge: bool, device, dtype, precision: str, compile: bool) -> DistillDiftModel:
     if merge:
         model.merge_adapter()
-    return _place(model, device, dtype)
+    model.set_precision(precision)
+    model = _place(model, device, dtype)
+    if compile:
+        model.compile()  # nn.Module.compile: the module's calls go through torch.compile
+    return model

@@ -49,6 +49,7 @@ __all__ = [
 
 Method = Literal["nn", "soft"]  # the built-in localizers; any registered name works (list_localizers())
 _SIM_BUDGET = 1 << 25  # floats of similarity maps held at once (128 MB)
+_LOCAL_CHUNK = 1024  # queries per coarse-to-fine pass (its windows: ~30 k floats per query, ~120 MB per pass)
 
 
 @dataclass(frozen=True)
@@ -479,8 +480,14 @@ def locate(
     """
     check_method(method, window, temperature)
     radius = window_pixels(geometry, window)
-    if not exhaustive and mask is None:
-        return _match_local(queries, sim, geometry, method, radius, temperature, LOCAL_CELLS)
+    if not exhaustive and mask is None:  # ~30 k floats of windows per query: chunks bound the memory
+        parts = [
+            _match_local(queries[s : s + _LOCAL_CHUNK], sim, geometry, method, radius, temperature, LOCAL_CELLS)
+            for s in range(0, queries.shape[0], _LOCAL_CHUNK)
+        ]
+        if not parts:
+            return _match_local(queries, sim, geometry, method, radius, temperature, LOCAL_CELLS)
+        return torch.cat([p for p, _ in parts]), torch.cat([sc for _, sc in parts])
     w, h = geometry.image_size
     chunk = max(1, _SIM_BUDGET // max(1, w * h))
     pts, scores = [], []
@@ -655,6 +662,7 @@ def match_features(
     mutual: bool = True,
     mutual_radius: float | None = None,
     settings: MatchSettings | None = None,
+    exhaustive: bool = True,
 ) -> Matches:
     """Match points between two images whose features are already computed (reuse features across pairs).
 
@@ -669,6 +677,9 @@ def match_features(
         mutual_radius: cycle error (source pixels) under which a match is mutual; default: one grid cell.
         settings: a :class:`MatchSettings` (default ``MatchSettings()``: soft, 1 cell, 0.02); ``method``,
             ``window`` and ``temperature`` given as keywords override it.
+        exhaustive: ``True``: every pixel of the upsampled similarity is searched (time grows with points x
+            pixels); ``False``: coarse to fine (the best feature cell, then the exact similarity within two cells of
+            it; what ``track_video`` does) - for thousands of points, see :func:`locate`.
 
     Returns:
         :class:`Matches` with ``points`` ``(N, 2)`` in target pixels.
@@ -693,10 +704,18 @@ def match_features(
     f1, f2 = src.features[0], dst.features[0]
     queries = sample_features(f1, g1.image_to_grid(pts))
     how = dict(method=ms.method, window=ms.window, temperature=ms.temperature)
-    matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, **how)
+    matched, scores = locate(SimilarityMap(f2, g2.image_size), queries, g2, exhaustive=exhaustive, **how)
     if mutual:
         cycle, is_mutual = back_match(
-            SimilarityMap(f1, g1.image_size), g1, f2, g2, matched, pts, settings=ms, radius=mutual_radius
+            SimilarityMap(f1, g1.image_size),
+            g1,
+            f2,
+            g2,
+            matched,
+            pts,
+            settings=ms,
+            exhaustive=exhaustive,
+            radius=mutual_radius,
         )
         cycle, is_mutual = cycle.cpu(), is_mutual.cpu()
     else:
@@ -770,6 +789,7 @@ def match_points(
     size: int | None = None,
     resize: str | None = None,
     settings: MatchSettings | None = None,
+    exhaustive: bool = True,
 ) -> Matches:
     """Find the points of ``img2`` with the same meaning as ``points`` of ``img1``.
 
@@ -786,6 +806,8 @@ def match_points(
             ``flip_permutation[i]`` (swap left/right keypoints, e.g. SPair's ``left eye`` <-> ``right eye``).
         mutual, mutual_radius: the back-matching check, see :func:`match_features`.
         size, resize: model input size / resize mode (default: the model variant's).
+        exhaustive: ``False`` searches coarse to fine: for thousands of points, many times faster and almost
+            always the same matches (``benchmarks/bench_match_scale.py``); see :func:`match_features`.
 
     Returns:
         :class:`Matches`: ``points`` ``(N, 2)`` pixel ``(x, y)`` in ``img2``, ``scores`` ``(N,)``, ``mutual``
@@ -824,6 +846,7 @@ def match_points(
         settings=ms,
         mutual=mutual,
         mutual_radius=mutual_radius,
+        exhaustive=exhaustive,
     )
 
 
@@ -838,6 +861,7 @@ def match_feature_maps(
     settings: MatchSettings | None = None,
     mutual: bool = True,
     mutual_radius: float | None = None,
+    exhaustive: bool = True,
 ) -> Matches:
     """:func:`match_points` after the features are computed: what to reuse when one image meets many clicks.
 
@@ -845,7 +869,7 @@ def match_feature_maps(
         src, dst: :class:`FeatureMap` of the source and target image (``extract_feature_maps``).
         points: ``(N, 2)`` pixel ``(x, y)`` in the source image.
         mirrored: the :class:`FeatureMap` of the horizontally flipped source; needed when ``flip`` is not False.
-        flip, flip_permutation, settings, mutual, mutual_radius: as in :func:`match_points`.
+        flip, flip_permutation, settings, mutual, mutual_radius, exhaustive: as in :func:`match_points`.
 
     Returns:
         :class:`Matches` (``query`` = ``points``; ``flipped`` says whether the mirrored source was matched).
@@ -877,6 +901,7 @@ def match_feature_maps(
         settings=settings,
         mutual=mutual,
         mutual_radius=mutual_radius,
+        exhaustive=exhaustive,
     )
     if len(m) == 0:
         return Matches.empty(flipped=use_flip)

@@ -11,7 +11,7 @@ from torch import nn
 
 from .errors import InvalidInputError, ShapeError
 from .images import GridGeometry, input_size_for, preprocess
-from .variants import Variant
+from .variants import PRECISIONS, Variant
 
 __all__ = ["DistillDiftModel"]
 
@@ -65,6 +65,8 @@ class DistillDiftModel(nn.Module):
         stride: input pixels per feature-grid cell (14 for ViT-B/14).
         size_multiple: input sides are rounded to a multiple of this (the coarsest stride used).
         feature_dim: channels ``C`` of the feature map.
+        precision: ``"fp32"`` or ``"bf16"`` (the forward pass under bfloat16 autocast, features returned as
+            float32); :meth:`set_precision`. ``load_model`` picks bf16 on CUDA GPUs that support it.
 
     Example:
         >>> import torch
@@ -87,6 +89,28 @@ class DistillDiftModel(nn.Module):
         self.size_multiple = max(reductions)
         self.feature_dim = int(self._probe_dim())
         self._premerge: dict[str, torch.Tensor] = {}  # exact base weights while the adapter is merged
+        self.precision = "fp32"
+
+    def set_precision(self, precision: str) -> DistillDiftModel:
+        """Run the forward pass in ``"fp32"`` or under ``"bf16"`` autocast (about 2x faster on recent GPUs).
+
+        The features come back as float32 and L2-normalised either way; bf16 changes them by ~1e-2 (relative).
+        An autocast context the caller opened (training) is left in charge.
+
+        Example:
+            >>> import torch
+            >>> from distilldift import create_model
+            >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+            >>> x = torch.randn(1, 3, 28, 28)
+            >>> f32 = m(x)
+            >>> f16 = m.set_precision("bf16")(x)
+            >>> f16.dtype, bool((f16 - f32).abs().max() < 0.1), torch.equal(f16, f32)
+            (torch.float32, True, False)
+        """
+        if precision not in PRECISIONS:
+            raise InvalidInputError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        return self
 
     @property
     def timm_model(self) -> nn.Module:
@@ -202,6 +226,10 @@ class DistillDiftModel(nn.Module):
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
+        if self.precision == "bf16" and not torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                out = self._features(x, normalize=False).float()
+            return F.normalize(out, dim=1) if normalize else out
         return self._features(x, normalize)
 
     def geometry(self, image_size: tuple[int, int], size: int | None = None, resize: str | None = None) -> GridGeometry:
@@ -266,7 +294,7 @@ class DistillDiftModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"variant={self.variant.name!r}, stride={self.stride}, feature_dim={self.feature_dim}, "
-            f"adapter={self.has_adapter}, merged={self.merged}"
+            f"adapter={self.has_adapter}, merged={self.merged}, precision={self.precision!r}"
         )
 
 

@@ -25,6 +25,8 @@ __all__ = [
 
 ResizeMode = Literal["stretch", "keep_aspect"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "keep_aspect")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # inference arithmetic: float32, or bfloat16 autocast
+PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)  # load_model(precision=...): auto = bf16 on CUDA
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -8,21 +8,20 @@ them), and only a few batches are held at a time: memory stays flat however long
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import InvalidInputError
-from .features import resolve_model
+from .features import resolve_model, run_concurrently
 from .files import atomic_path, check_output
 from .frames import FrameSource, VideoInput, frame_batches, iter_frames
 from .images import as_points, check_points_inside
 from .matching import MatchSettings, SimilarityMap, back_match, locate, sample_features, window_pixels
 from .model import DistillDiftModel
+from .progress import ProgressBar
 
 __all__ = ["Tracks", "track_video", "iter_frames", "VideoInput"]
 
@@ -93,34 +92,6 @@ class Tracks:
             import json
 
             path.write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
-
-
-def _forward_stream(
-    batches: Iterator[torch.Tensor], model: DistillDiftModel, p: torch.Tensor, workers: int, threads: int
-) -> Iterator[torch.Tensor]:
-    """Features of each batch, in order, on ``p``'s device and dtype. ``workers > 1``: that many forward passes at
-    once, each on its share of ``threads`` torch threads (the decoding thread and the matching keep running
-    meanwhile); at most ``workers + 1`` batches in flight."""
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(x.to(p.device, p.dtype)).float()
-
-    if workers <= 1:
-        for x in batches:
-            yield run(x)
-        return
-    share = max(1, threads // workers)
-    with ThreadPoolExecutor(
-        workers, initializer=torch.set_num_threads, initargs=(share,), thread_name_prefix="distilldift-forward"
-    ) as pool:
-        pending: deque = deque()
-        for x in batches:
-            pending.append(pool.submit(run, x))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _window_mask(prev: torch.Tensor, radius: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -252,7 +223,7 @@ def track_video(
     # 2. every frame, streamed in batches
     out_pts, out_scores, out_vis = [], [], []
     prev, prev_ok = pts.to(fq.device), torch.ones(pts.shape[0], dtype=torch.bool, device=fq.device)
-    bar = _progress(progress, source.length)
+    bar = ProgressBar(progress, source.length, "tracking")
     if workers is None:
         workers = 2 if p.device.type == "cpu" and torch.get_num_threads() >= 2 else 1
     if batch_size is None:
@@ -261,8 +232,12 @@ def track_video(
     if workers > 1:  # the forward workers own the cores; the small matching ops run best on one thread
         torch.set_num_threads(1)
     try:
-        for feats in _forward_stream(
-            frame_batches(source, model, geom, batch_size, prefetch), model, p, workers, threads
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return model(x.to(p.device, p.dtype)).float()
+
+        for feats in run_concurrently(
+            frame_batches(source, model, geom, batch_size, prefetch), forward, workers=workers, threads=threads
         ):
             for f in feats:
                 if pts.shape[0] == 0:
@@ -285,14 +260,12 @@ def track_video(
                 out_pts.append(loc.cpu())
                 out_scores.append(score.cpu())
                 out_vis.append(vis.cpu())
-            if bar is not None:
-                bar[0].update(bar[1], advance=feats.shape[0])
+            bar.advance(feats.shape[0])
             if callback is not None:
                 callback(len(out_pts), source.length)
     finally:
         torch.set_num_threads(threads)
-        if bar is not None:
-            bar[0].stop()
+        bar.stop()
     if query_frame >= len(out_pts):
         raise InvalidInputError(f"query_frame {query_frame} is out of range: the video has {len(out_pts)} frames")
     return Tracks(
@@ -304,14 +277,3 @@ def track_video(
         fps=source.fps,
         image_size=image_size,
     )
-
-
-def _progress(enabled: bool, total: int | None):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("tracking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = bar.add_task("frames", total=total)
-    bar.start()
-    return bar, task
