@@ -27,14 +27,7 @@ from .model import DistillDiftModel
 from .release import MIRROR_ENV, cached_release, fetch_release, release_folder, release_urls
 from .variants import DEFAULT_VARIANT, PRECISION_CHOICES, Variant, get_variant, list_variants
 
-__all__ = [
-    "create_model",
-    "load_model",
-    "weight_sources",
-    "fetch_weights",
-    "WeightSource",
-    "check_device",
-]
+__all__ = ["create_model", "load_model", "weight_sources", "fetch_weights", "WeightSource", "check_device"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SourceKind = Literal["hub-adapter", "release", "base", "none"]

@@ -109,7 +109,7 @@ class _Images(torch.utils.data.Dataset):
     """Decode + prepare one image (in a loader worker): ``(position, input | None, geometry | None, error | None)``."""
 
     def __init__(self, paths: Sequence[Path], prepare: Callable):
-        self.paths, self.prepare, self.total = paths, prepare, len(paths)
+        self.paths, self.prepare = paths, prepare
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -315,7 +315,7 @@ def extract_to_folder(
         todo = {k: chunk for k, chunk in shards.items() if k not in done}
         prepare = functools.partial(model.prepare, size=size, resize=resize)
         loader = _loader(todo, prepare, batch_size, decoders)
-        bar = ProgressBar(progress, loader.dataset.total, "extracting")
+        bar = ProgressBar(progress, len(loader.dataset), "extracting")
         try:
             unreadable = _extract_shards(model, folder, todo, run, loader, workers, skip_bad, bar, callback)
         finally:
@@ -368,7 +368,7 @@ def _extract_shards(model, folder, todo, run, loader, workers, skip_bad, bar, ca
             if err is not None and not skip_bad:
                 raise ImageLoadError(
                     f"{err} (finished shards are kept; remove or fix the image and rerun, or skip such images "
-                    "with --skip-bad)"
+                    "with --skip-bad / skip_bad=True)"
                 )
             if err is not None:
                 unreadable[name] = err
