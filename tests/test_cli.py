@@ -87,6 +87,9 @@ def test_help_of_every_command():
         r = run(*args, "--help")
         assert r.returncode == 0, (args, r.stderr)
         assert "Usage" in r.stdout
+    # defaults written into the help text survive rich's markup (square brackets were swallowed as tags)
+    for args, text in ((["extract"], "(default: 16 on GPU, 1 on CPU)"), (["track"], "(default: 4 on CPU, 8 on GPU)")):
+        assert text in " ".join(run(*args, "--help").stdout.split()), args
     r = run("models")
     rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") > 2}
     assert r.returncode == 0 and "PyPI efficientnet-lite0 *" in rows["lite"]  # * = cached

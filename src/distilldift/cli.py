@@ -271,20 +271,20 @@ def extract(
     resize: ResizeOpt = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Images per forward pass [default: 16 on GPU, 1 on CPU].", show_default=False),
+        typer.Option(min=1, help="Images per forward pass (default: 16 on GPU, 1 on CPU).", show_default=False),
     ] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Folder: images per shard file.")] = 128,
     decoders: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="Folder: processes decoding images [default: one per core, up to 8 on GPU, 2 on CPU].",
+            help="Folder: processes decoding images (default: one per core, up to 8 on GPU, 2 on CPU).",
             show_default=False,
         ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Folder: forward passes at once [default: 2 on CPU, 1 on GPU].", show_default=False),
+        typer.Option(min=1, help="Folder: forward passes at once (default: 2 on CPU, 1 on GPU).", show_default=False),
     ] = None,
     dtype: Annotated[DtypeChoice, typer.Option(help="Stored type (float16 halves the disk).")] = DtypeChoice.float32,
     skip_bad: Annotated[
@@ -296,7 +296,7 @@ def extract(
 ) -> None:
     """Save the dense features of images: to a folder (datasets; rerun to resume; torchrun-aware) or one file.
 
-    Read a folder back with ``distilldift.FeatureStore(folder)[image_name]`` (names: paths relative to the folder
+    Read a folder back by image name with ``distilldift.FeatureStore(folder)`` (names: paths relative to the folder
     given, or as listed / given), a file with ``distilldift.load_features``.
     """
     import os
@@ -363,7 +363,7 @@ def track(
     query_frame: Annotated[int, typer.Option(help="Index of the frame the points are on.")] = 0,
     model: ModelOpt = DEFAULT_VARIANT,
     batch_size: Annotated[
-        int | None, typer.Option(help="Frames per forward pass [default: 4 on CPU, 8 on GPU].", show_default=False)
+        int | None, typer.Option(help="Frames per forward pass (default: 4 on CPU, 8 on GPU).", show_default=False)
     ] = None,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
@@ -517,7 +517,7 @@ def export_model(
     model: ModelOpt = DEFAULT_VARIANT,
     size: Annotated[
         tuple[int, int] | None,
-        typer.Option(help="H W of the example input [default: the variant's size, square].", show_default=False),
+        typer.Option(help="H W of the example input (default: the variant's size, square).", show_default=False),
     ] = None,
     dynamic: Annotated[bool, typer.Option(help="--dynamic: any batch, height, width; --static: only --size.")] = True,
     check: Annotated[bool, typer.Option(help="Compare with the PyTorch model in ONNX Runtime at two sizes.")] = True,
@@ -555,7 +555,7 @@ class YesNo(str, Enum):
 def demo(
     model: ModelOpt = DEFAULT_VARIANT,
     port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port [default: 7860 or the next free one].")
+        int | None, typer.Option(min=1, max=65535, help="Port (default: 7860 or the next free one).")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every network interface).")] = "127.0.0.1",
     share: Annotated[YesNo, typer.Option(help="yes: also a public *.gradio.live link (needs internet).")] = YesNo.no,
