@@ -98,3 +98,14 @@ def test_cli_fast_options(photos, tmp_path):
         env=env,
     )
     assert r.returncode == 2 and "'fp16' is not one of" in r.stderr and "auto" in r.stderr
+
+
+def test_locate_without_queries_gives_no_matches():
+    from distilldift.images import GridGeometry
+    from distilldift.matching import SimilarityMap, locate
+
+    f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
+    g = GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3))
+    for exhaustive in (True, False):
+        pts, scores = locate(SimilarityMap(f, (36, 27)), torch.zeros(0, 8), g, exhaustive=exhaustive)
+        assert pts.shape == (0, 2) and scores.shape == (0,)

@@ -311,8 +311,7 @@ def extract(
             f"--out {str(out)!r}: give a folder (features in shards + index.json) or a .safetensors file"
         )
     if out.suffix.lower() != ".safetensors":
-        rank = int(os.environ.get("RANK", "0"))
-        if device is not None and device == "cuda" and "LOCAL_RANK" in os.environ:
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
         _check_outputs(device)
         net = _load(model, device, precision, compile)
@@ -329,12 +328,13 @@ def extract(
             workers=workers,
             dtype=dtype.value,
             skip_bad=skip_bad,
-            progress=rank == 0,
+            progress=True,
         )
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:  # torchrun: each process says its share
-            console.print(f"process {rank} of {world}: {r.written} shards written, {r.done_before} were done before")
-        if rank == 0:
+        if r.processes > 1:  # torchrun: each process says its share
+            console.print(
+                f"process {r.process} of {r.processes}: {r.written} shards written, {r.done_before} were done before"
+            )
+        if r.process == 0:
             before = f"; {r.done_before} were done before" if r.done_before else ""
             bad = f"; {len(r.unreadable)} unreadable image(s) skipped" if r.unreadable else ""
             console.print(f"wrote {out}: {r.images} images in {r.shards} shards ({r.written} written now{before}{bad})")
@@ -342,8 +342,10 @@ def extract(
     _check_outputs(device, (out, (".safetensors",), "--out"))
     items = [item for source in sources for item in list_images(source)]  # files in argument order
     net = _load(model, device, precision, compile)
-    images = [load_image(path) for _, path in items]
-    maps = extract_feature_maps(net, images, size=size, resize=resize_arg, batch_size=batch_size or 1)
+    bs, maps = batch_size or 1, []
+    for start in range(0, len(items), bs):  # images are decoded a batch at a time; only features are kept
+        images = [load_image(path) for _, path in items[start : start + bs]]
+        maps += extract_feature_maps(net, images, size=size, resize=resize_arg, batch_size=bs)
     save_features(maps, out, names=[name for name, _ in items], model=model, dtype=FEATURE_DTYPES[dtype.value])
     console.print(f"wrote {out} ({len(maps)} feature maps)")
 

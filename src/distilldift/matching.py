@@ -480,25 +480,24 @@ def locate(
     """
     check_method(method, window, temperature)
     radius = window_pixels(geometry, window)
-    if not exhaustive and mask is None:  # ~30 k floats of windows per query: chunks bound the memory
-        parts = [
-            _match_local(queries[s : s + _LOCAL_CHUNK], sim, geometry, method, radius, temperature, LOCAL_CELLS)
-            for s in range(0, queries.shape[0], _LOCAL_CHUNK)
-        ]
-        if not parts:
-            return _match_local(queries, sim, geometry, method, radius, temperature, LOCAL_CELLS)
-        return torch.cat([p for p, _ in parts]), torch.cat([sc for _, sc in parts])
     w, h = geometry.image_size
-    chunk = max(1, _SIM_BUDGET // max(1, w * h))
-    pts, scores = [], []
-    for s in range(0, queries.shape[0], chunk):
-        maps = sim(queries[s : s + chunk])
+    local = not exhaustive and mask is None
+
+    def find(s: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = queries[s : s + chunk]
+        if local:
+            return _match_local(q, sim, geometry, method, radius, temperature, LOCAL_CELLS)
+        maps = sim(q)
         if mask is not None:
             maps = maps.masked_fill(~mask[s : s + chunk], float("-inf"))
-        p, sc = _locate(maps, method, radius, temperature)
-        pts.append(p)
-        scores.append(sc)
-    return torch.cat(pts), torch.cat(scores)
+        return _locate(maps, method, radius, temperature)
+
+    # chunks of queries bound the memory: the similarity maps (exhaustive) or ~30 k floats of windows per query
+    chunk = _LOCAL_CHUNK if local else max(1, _SIM_BUDGET // max(1, w * h))
+    if queries.shape[0] == 0:  # no queries: no matches
+        return queries.new_zeros(0, 2), queries.new_zeros(0)
+    parts = [find(s, chunk) for s in range(0, queries.shape[0], chunk)]
+    return torch.cat([p for p, _ in parts]), torch.cat([sc for _, sc in parts])
 
 
 def back_match(

@@ -95,6 +95,8 @@ class ExtractReport:
         folder: the features folder. images: images in the run. shards: shards in the run.
         written: shards this call computed. done_before: shards found complete (an earlier, interrupted run).
         unreadable: ``{name: reason}`` of images skipped with ``skip_bad=True`` (this call's shards).
+        process, processes: this process's rank and the number of processes (``torchrun``; else 0 and 1); the
+            counts above except ``images`` and ``shards`` are this process's.
     """
 
     folder: Path
@@ -103,6 +105,8 @@ class ExtractReport:
     written: int
     done_before: int
     unreadable: dict[str, str]
+    process: int = 0
+    processes: int = 1
 
 
 class _Images(torch.utils.data.Dataset):
@@ -239,7 +243,8 @@ def extract_to_folder(
             2+ torch threads (each on half of them), else 1. As in :func:`track_video`.
         dtype: storage type, one of :data:`FEATURE_DTYPES` (``"float16"`` halves the disk; reading gives float32).
         skip_bad: record unreadable images in the index and go on, instead of stopping at the first.
-        progress: show a progress bar. callback: ``callback(images_done, images_total)`` of this process.
+        progress: show a progress bar (process 0 only). callback: ``callback(images_done, images_total)`` of this
+            process.
 
     Returns:
         :class:`ExtractReport`.
@@ -315,9 +320,9 @@ def extract_to_folder(
         todo = {k: chunk for k, chunk in shards.items() if k not in done}
         prepare = functools.partial(model.prepare, size=size, resize=resize)
         loader = _loader(todo, prepare, batch_size, decoders)
-        bar = ProgressBar(progress, len(loader.dataset), "extracting")
+        bar = ProgressBar(progress and rank == 0, len(loader.dataset), "extracting")
         try:
-            unreadable = _extract_shards(model, folder, todo, run, loader, workers, skip_bad, bar, callback)
+            unreadable = _extract_shards(model, folder, todo, n_shards, loader, workers, skip_bad, bar, callback, run)
         finally:
             bar.stop()
         _barrier(world)
@@ -328,7 +333,7 @@ def extract_to_folder(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    return ExtractReport(folder, len(items), n_shards, len(todo), len(done), unreadable)
+    return ExtractReport(folder, len(items), n_shards, len(todo), len(done), unreadable, rank, world)
 
 
 def _loader(todo: dict, prepare: Callable, batch_size: int, decoders: int) -> torch.utils.data.DataLoader:
@@ -349,9 +354,8 @@ def _loader(todo: dict, prepare: Callable, batch_size: int, decoders: int) -> to
     )
 
 
-def _extract_shards(model, folder, todo, run, loader, workers, skip_bad, bar, callback) -> dict[str, str]:
+def _extract_shards(model, folder, todo, n_shards, loader, workers, skip_bad, bar, callback, run) -> dict[str, str]:
     """Compute and write the shards ``todo`` ({k: [(name, path)]}) in order; the unreadable images."""
-    n_shards = -(-run["images"] // run["shard_size"])
     order = [(k, name) for k, chunk in todo.items() for name, _ in chunk]  # loader position -> (shard, name)
 
     def forward(batch: list) -> tuple[list, list]:
