@@ -129,8 +129,12 @@ def write_scene(
     size=(160, 120),
     cameras=CAMERAS,
     depth_scale: float = 2.0,
+    depth_every: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Render ``cameras`` and write them as one CO3D sequence; return each frame's ``(K, world_to_camera)``."""
+    """Render ``cameras`` and write them as one CO3D sequence; return each frame's ``(K, world_to_camera)``.
+
+    Depth maps and depth masks are written as CO3D's ``store_depth`` does (float16 depths' bits as a 16-bit PNG), at
+    every ``depth_every``-th pixel (2: half the image's resolution, as some CO3D sequences store them)."""
     w, h = size
     seq = root / category / sequence
     for sub in ("images", "depths", "depth_masks", "masks"):
@@ -146,7 +150,10 @@ def write_scene(
         name = f"frame{i + 1:06d}"
         Image.fromarray((rgb * 255).round().astype(np.uint8)).save(seq / "images" / f"{name}.png")
         stored = np.where(np.isfinite(depth), depth / depth_scale, 0).astype(np.float16).reshape(h, w)
-        Image.fromarray(stored.view(np.uint16)).save(seq / "depths" / f"{name}.png.geometric.png")
+        stored = stored[::depth_every, ::depth_every]
+        Image.fromarray(np.frombuffer(stored.tobytes(), np.uint16).reshape(stored.shape)).save(
+            seq / "depths" / f"{name}.png.geometric.png"
+        )
         Image.fromarray(((stored > 0) * 255).astype(np.uint8)).save(seq / "depth_masks" / f"{name}.png")
         fg = (surface >= 2).reshape(h, w)
         Image.fromarray((fg * 255).astype(np.uint8)).save(seq / "masks" / f"{name}.png")

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from co3d_scene import CAMERAS, project, ray_cast, world_point, write_scene
 from distilldift import InvalidInputError
@@ -34,7 +35,8 @@ def _box_front(poses) -> torch.Tensor:
 
 def _view(frame):
     cam = frame.camera
-    return View(cam.intrinsics(frame.image_size), cam.world_to_camera(), load_depth(frame), load_mask(frame.mask))
+    mask = load_mask(frame.mask, frame.image_size)
+    return View(cam.intrinsics(frame.image_size), cam.world_to_camera(), load_depth(frame), mask)
 
 
 def test_both_intrinsics_formats_round_trip(scene):
@@ -78,6 +80,35 @@ def test_reprojection_is_exact_and_drops_occluded_and_out_of_view_points(scene):
             assert hidden > 500, hidden  # the pillar hides part of the box in this view
         if index == 3:
             assert out > 100, out  # moved sideways: part of the object left the image
+
+
+def test_depth_maps_of_another_size_than_the_image(tmp_path, scene):
+    """CO3D stores some depth maps (and their masks) at another resolution than the image; PyTorch3D's loader maps
+    them onto the image. Half-resolution maps give image-sized depth whose pixels repeat the stored ones, the same
+    exact depth on fronto-parallel faces, and labels as good as at full resolution."""
+    root, poses = scene
+    write_scene(tmp_path / "half", depth_every=2)
+    full = read_co3d(root).sequences()[("box", "seq_0")]
+    half = read_co3d(tmp_path / "half").sequences()[("box", "seq_0")]
+    depth, reference = load_depth(half[0]), load_depth(full[0])
+    assert depth.shape == reference.shape == (120, 160)
+    assert torch.equal(depth[::2, ::2], reference[::2, ::2]) and torch.equal(depth[1::2, 1::2], depth[::2, ::2])
+    box = _box_front(poses)
+    assert (depth[box[:, 1], box[:, 0]] == 3.0).mean(dtype=torch.float32) > 0.95  # edges move by < 1 px
+    src, tgt = correspondences(_view(half[0]), _view(half[1]), eps=0.01, points=box)
+    ref_src, _ = correspondences(_view(full[0]), _view(full[1]), eps=0.01, points=box)
+    assert len(src) > 0.85 * len(ref_src)  # measured 0.89: the target's coarser depth fails the 0.01 test more
+    k1, m1 = poses[1]
+    expected, _ = project(k1, m1, world_point(*poses[0], src.numpy()))
+    exact = np.abs(tgt.numpy() - expected).max(1) < 0.01  # the rest: a neighbour's stored depth across an edge
+    assert exact.mean() > 0.99, exact.mean()  # measured 0.9993
+    Image.fromarray(np.zeros((100, 100), np.uint16)).save(half[1].depth)  # not the image's shape
+    with pytest.raises(DatasetError, match=r"depth map .*frame000002.png.geometric.png' is 100x100, not the shape"):
+        load_depth(half[1])
+    mask = half[0].mask
+    Image.open(mask).resize((80, 60)).save(mask)  # a foreground mask must match its image
+    with pytest.raises(DatasetError, match=r"mask .*frame000001.png' is 80x60, its image 160x120"):
+        _view(half[0])
 
 
 def test_reader_names_what_is_missing(scene, tmp_path):

@@ -17,6 +17,7 @@ from distilldift import (
     convert_checkpoint,
     load_model,
 )
+from distilldift.convert import read_conversion
 from distilldift.factory import build_model, folder_getter
 
 FIX = OFFICIAL
@@ -61,6 +62,75 @@ def test_ddp_prefix_is_stripped(tmp_path):
     save_file({"module." + k: v for k, v in sd.items()}, str(tmp_path / "ddp.safetensors"))
     out = convert_checkpoint(tmp_path / "ddp.safetensors", tmp_path / "m", variant=TINY, base=BASE)
     assert max_diff(load_model(out), "expected.safetensors") <= 1e-5
+
+
+KEEP = {  # which backbone tensors a partial checkpoint holds besides its LoRA tensors
+    "none": lambda k: False,
+    "qkv": lambda k: ".qkv.qkv." in k,
+    "qkv+norm": lambda k: ".qkv.qkv." in k or k.startswith("model.norm."),
+}
+
+
+def _subset(sd: dict, keep) -> dict:
+    """The LoRA tensors plus the backbone tensors for which ``keep(key)`` holds."""
+    return {k: v for k, v in sd.items() if "linear_" in k or keep(k)}
+
+
+QKV = "official_lora_checkpoint_qkv_trained"
+
+
+@pytest.mark.parametrize(
+    "checkpoint, keep, expected, prefix, dtype",
+    [
+        ("official_lora_checkpoint", "none", "expected", "", None),
+        (QKV, "qkv", "expected_qkv_trained", "", None),
+        (QKV, "qkv", "expected_qkv_trained", "module.", None),
+        (QKV, "qkv+norm", "expected_qkv_trained", "", None),
+        (QKV, "qkv", "expected_qkv_trained", "", torch.float16),
+    ],
+)
+def test_partial_checkpoints_complete_from_the_base(tmp_path, checkpoint, keep, expected, prefix, dtype):
+    """What the authors' released files (< 100 MB: not a whole float32 ViT-B) can hold: the tensors present replace the
+    base's, the others come from the variant's base weights (as the authors' ``load_state_dict(strict=False)`` does),
+    and conversion.json says which came from the file."""
+    sd = _subset(load_file(str(FIX / f"{checkpoint}.safetensors")), KEEP[keep])
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    torch.save({prefix + k: v for k, v in sd.items()}, tmp_path / "partial.ckpt")
+    out = convert_checkpoint(tmp_path / "partial.ckpt", tmp_path / "m", variant=TINY, base=BASE)
+    r = read_conversion(out)
+    taken = sorted(k.replace("model.", "", 1).replace(".qkv.qkv.", ".qkv.") for k in sd if "linear_" not in k)
+    assert r["from_checkpoint"] == taken and r["lora_blocks"] == [0, 1]
+    assert r["from_base"] == str(BASE) and r["from_base_count"] == len(load_file(str(BASE))) - 1 - len(
+        taken
+    )  # timm drops mask_token
+    if dtype == torch.float16:  # the same as converting the float16 values held in float32: nothing else changes
+        torch.save({k: v.float() for k, v in sd.items()}, tmp_path / "as32.ckpt")
+        ref = convert_checkpoint(tmp_path / "as32.ckpt", tmp_path / "m32", variant=TINY, base=BASE)
+        inputs = load_file(str(FIX / "inputs.safetensors"))["square"]
+        with torch.no_grad():
+            assert torch.equal(load_model(out)(inputs), load_model(ref)(inputs))
+        assert max_diff(load_model(out), f"{expected}.safetensors") < 2e-2  # float16 rounding of the weights
+    else:
+        assert max_diff(load_model(out), f"{expected}.safetensors") <= 1e-5
+    if keep == "qkv" and not prefix:  # control: the qkv tensors taken from the file matter
+        assert max_diff(load_model(out), "expected.safetensors") > 1e-3
+
+
+def test_partial_checkpoint_errors(tmp_path, monkeypatch):
+    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
+    save_file(_subset(sd, lambda k: k == "model.cls_token"), str(tmp_path / "cls.safetensors"))
+    with pytest.raises(CheckpointError, match=r"holds \['cls_token'\] without \['pos_embed', 'register_tokens'\]"):
+        convert_checkpoint(tmp_path / "cls.safetensors", tmp_path / "m", variant=TINY, base=BASE)
+    save_file({**_subset(sd, lambda k: "qkv.qkv" in k), "model.bogus": torch.zeros(2)}, str(tmp_path / "u.safetensors"))
+    with pytest.raises(CheckpointError, match=r"keys not understood \['bogus'\]"):  # unknown keys stay errors
+        convert_checkpoint(tmp_path / "u.safetensors", tmp_path / "m", variant=TINY, base=BASE)
+    save_file(_subset(sd, lambda k: "qkv.qkv" in k), str(tmp_path / "p.safetensors"))
+    offline = TINY.replace(weights="hf-hub:nobody/not-a-repo")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="holds only part of the backbone; the rest comes from the variant"):
+        convert_checkpoint(tmp_path / "p.safetensors", tmp_path / "m", variant=offline, local_files_only=True)
+    assert not (tmp_path / "m").exists()
 
 
 def test_adapter_only_when_base_is_public(tmp_path, hub):

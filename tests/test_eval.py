@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import PF_WILLOW, requires_shared
+from distilldift import create_model
 from distilldift.datasets import DatasetError, PairDataset, read_cub, read_dataset, read_pf_willow, read_spair
 from distilldift.evaluation import evaluate
 from oracle import BASE, VIEWS, View, oracle_model, transfer
@@ -116,6 +117,72 @@ def test_pf_willow_format(tmp_path):
     assert r.per_point["bbox"][0.1] == pytest.approx(9 / 10) and r.categories["c1"]["bbox"][0.1] == pytest.approx(0.9)
 
 
+def _pf_download(top: Path, renamed: bool) -> Path:
+    """PF-WILLOW laid out as its download leaves it, from the real images: ``PF-dataset.zip`` unzipped
+    (``PF-dataset/<class>/*.png``) and CNNGeometric's ``test_pairs_pf.csv`` (header, then image A, image B as
+    ``PF-dataset/<class>/<name>.png``, 10 x of A, 10 y of A, 10 x of B, 10 y of B, 1-based) beside it; or, after the
+    authors' ``download_pfwillow.sh``, the CSV moved inside and the folder renamed ``PF-WILLOW``."""
+    import csv
+
+    folder = top / ("PF-WILLOW" if renamed else "PF-dataset")
+    for cls in sorted(p for p in PF_WILLOW.iterdir() if p.is_dir()):
+        (folder / cls.name).mkdir(parents=True)
+        for f in cls.glob("*.png"):
+            (folder / cls.name / f.name).symlink_to(f)
+    with open(PF_WILLOW / "pairs.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    header = "imageA,imageB," + ",".join(f"{c}{i}" for c in ("XA", "YA", "XB", "YB") for i in range(1, 11))
+    lines = [header] + [",".join([f"PF-dataset/{r[0]}", f"PF-dataset/{r[1]}", *r[2:]]) for r in rows]
+    (folder if renamed else top).joinpath("test_pairs_pf.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@requires_shared
+def test_pf_willow_as_downloaded_reads_the_same_pairs_and_pck(tmp_path, lite_model):
+    today = read_pf_willow(PF_WILLOW)
+    official = _pf_download(tmp_path / "a", renamed=False)
+    authors = _pf_download(tmp_path / "b", renamed=True)
+    for root in (tmp_path / "a", official.parent, authors, authors.parent):  # the folder, or the folder above it
+        data = read_pf_willow(root)
+        assert len(data) == 900 and data.index_base == 1
+        for p, q in zip(data.pairs, today.pairs, strict=True):
+            assert p.category == q.category and p.source.name == q.source.name and p.target.name == q.target.name
+            assert p.source.resolve() == q.source.resolve() and p.target_bbox == q.target_bbox
+            np.testing.assert_array_equal(p.source_points, q.source_points)
+            np.testing.assert_array_equal(p.target_points, q.target_points)
+    subset = [PairDataset(d.name, d.root, d.pairs[::45]) for d in (read_pf_willow(authors), today)]
+    a, b = (evaluate(d, lite_model, progress=False) for d in subset)
+    assert a.per_point == b.per_point and a.categories == b.categories and a.n_points == 200
+
+
+def test_pf_pascal_format(tmp_path):
+    """PF-PASCAL as the authors' prepare_pfpascal.sh leaves it: PF-dataset-PASCAL/JPEGImages + CNNGeometric's
+    test_pairs_pf_pascal.csv (header; image A, image B relative to the folder above; class 1-20; then x of A, y of A,
+    x of B, y of B as ';'-separated 1-based pixels)."""
+    top = tmp_path / "data"
+    folder = top / "PF-dataset-PASCAL"
+    for name, view in (("2008_000008.jpg", BASE), ("2008_000123.jpg", VIEWS["resized"])):
+        save_view(view, folder / "JPEGImages" / name)
+    q = np.array([[60.0, 50.0], [120.0, 90.0], [180.0, 60.0]])
+    t = transfer(BASE, VIEWS["resized"], q)
+    t[2] += [40.0, 0.0]  # wrong at PCK_img@0.1 (target image 300 x 225 px: threshold 30 px)
+
+    def col(v):
+        return ";".join(f"{x + 1:.4f}" for x in v)
+
+    row = ["PF-dataset-PASCAL/JPEGImages/2008_000008.jpg", "PF-dataset-PASCAL/JPEGImages/2008_000123.jpg", "12"]
+    row += [col(q[:, 0]), col(q[:, 1]), col(t[:, 0]), col(t[:, 1])]
+    (folder / "test_pairs_pf_pascal.csv").write_text("source_image,target_image,class,XA,YA,XB,YB\n" + ",".join(row))
+    for root in (top, folder):
+        data = read_dataset("pf-pascal", root)
+        (p,) = data.pairs
+        assert p.category == "dog" and np.allclose(p.source_points, q) and np.allclose(p.target_points, t)
+        w, h = VIEWS["resized"].w, VIEWS["resized"].h
+        assert p.target_bbox == (-0.5, -0.5, w - 0.5, h - 0.5) and data.index_base == 1
+    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    assert r.per_point["img"][0.1] == pytest.approx(2 / 3) and r.per_point["bbox"] == r.per_point["img"]
+
+
 def _cub(root: Path, n_images: int = 6) -> Path:
     (root / "parts").mkdir(parents=True)
     names = ["back", "beak", "left eye", "right eye", "tail"]
@@ -131,7 +198,14 @@ def _cub(root: Path, n_images: int = 6) -> Path:
         for p in range(1, 6):
             vis = int(not (i == 2 and p == 5))  # image 2 hides its tail
             locs.append(f"{i} {p} {rng.uniform(0, 49):.1f} {rng.uniform(0, 39):.1f} {vis}\n")
-    for name, content in (("images.txt", lines), ("train_test_split.txt", split), ("bounding_boxes.txt", boxes)):
+    labels = [f"{i} 1\n" for i in range(1, n_images + 1)]
+    for name, content in (
+        ("images.txt", lines),
+        ("train_test_split.txt", split),
+        ("bounding_boxes.txt", boxes),
+        ("image_class_labels.txt", labels),
+        ("classes.txt", ["1 001.Bird\n"]),
+    ):
         (root / name).write_text("".join(content))
     (root / "parts" / "part_locs.txt").write_text("".join(locs))
     return root
@@ -142,17 +216,74 @@ def test_cub_format(tmp_path):
     a, b = read_cub(root, n_pairs=20, seed=1), read_cub(root, n_pairs=20, seed=1)
     assert [(p.source, p.target) for p in a.pairs] == [(p.source, p.target) for p in b.pairs]  # reproducible
     assert {p.source.name for p in a.pairs} <= {"img_2.jpg", "img_4.jpg", "img_6.jpg"}  # test split only
+    assert len(a) == 3 and "3 of the 3 same-species image pairs, drawn with seed 1" in a.protocol  # unordered pairs
     for p in a.pairs:
-        assert p.source != p.target and p.target_bbox == (5.0, 6.0, 35.0, 26.0)
+        assert p.source != p.target and p.target_bbox == (5.0, 6.0, 35.0, 26.0) and p.category == "Bird"
         if "img_2" in (p.source.name + p.target.name):
             assert 5 not in p.keypoint_ids and len(p.source_points) == 4  # mutually visible parts only
-    assert a.left_right == {"bird": [(3, 4)]}
+    assert a.left_right == {"Bird": [(3, 4)]}
     p = next(p for p in a.pairs if 3 in p.keypoint_ids and 4 in p.keypoint_ids)
     perm = a.flip_permutation(p)
     assert [p.keypoint_ids[j] for j in perm] == [{3: 4, 4: 3}.get(k, k) for k in p.keypoint_ids]
     assert [(q.source, q.target) for q in read_cub(root, n_pairs=20, seed=2).pairs] != [
         (q.source, q.target) for q in a.pairs
     ]
+
+
+def _cub_species(root: Path, species: int = 4, per_species: int = 5, part_names=("left_eye", "right_eye", "beak")):
+    """The official layout with several species: ids in images.txt order, species 1.. in blocks, half test."""
+    (root / "parts").mkdir(parents=True)
+    (root / "parts" / "parts.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(part_names)))
+    rows = {k: [] for k in ("images", "labels", "split", "boxes", "locs")}
+    i = 0
+    for c in range(1, species + 1):
+        for k in range(per_species):
+            i += 1
+            folder = f"{c:03d}.Species_{c}"
+            rows["images"].append(f"{i} {folder}/s{c}_{k}.jpg\n")
+            rows["labels"].append(f"{i} {c}\n")
+            rows["split"].append(f"{i} {k % 2}\n")
+            rows["boxes"].append(f"{i} 1 2 30 20\n")
+            rows["locs"] += [f"{i} {p + 1} {5 + p} {6 + p} {int(not (c == 2 and p > 0))}\n" for p in range(3)]
+            (root / "images" / folder).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30)).save(root / "images" / folder / f"s{c}_{k}.jpg")
+    for name, key in (("images", "images"), ("image_class_labels", "labels"), ("train_test_split", "split")):
+        (root / f"{name}.txt").write_text("".join(rows[key]))
+    (root / "bounding_boxes.txt").write_text("".join(rows["boxes"]))
+    (root / "parts" / "part_locs.txt").write_text("".join(rows["locs"]))
+    (root / "classes.txt").write_text("".join(f"{c} {c:03d}.Species_{c}\n" for c in range(1, species + 1)))
+    return root
+
+
+def test_cub_pairs_are_the_authors_within_species_sample(tmp_path):
+    """The authors (CompVis/distilldift train/): every unordered pair of same-species test images, species by species,
+    in images.txt order; ``torch.manual_seed(42); torch.randperm(n)`` orders them and the first 1,000 are kept."""
+    import itertools
+
+    import torch
+
+    root = _cub_species(tmp_path / "CUB_200_2011")
+    ids = [[c * 5 + k + 1 for k in range(5) if k % 2 == 0] for c in range(4)]  # test: k = 0, 2, 4 (split 0)
+    candidates = [pair for group in ids for pair in itertools.combinations(group, 2)]
+    torch.manual_seed(42)
+    expected = [candidates[k] for k in torch.randperm(len(candidates))[:10].tolist()]
+    data = read_cub(root, n_pairs=10, seed=42)
+    name = {i: f"s{(i - 1) // 5 + 1}_{(i - 1) % 5}.jpg" for i in range(1, 21)}
+    want = [(name[a], name[b]) for a, b in expected if (a - 1) // 5 != 1]  # species 2 sees only part 1 ...
+    assert [(p.source.name, p.target.name) for p in data.pairs if p.category != "Species_2"] == want
+    assert all(p.source.parent == p.target.parent for p in data.pairs)  # never across species
+    assert data.left_right["Species_3"] == [(1, 2)]  # parts spelt left_eye / right_eye still swap
+    short = read_cub(root, n_pairs=10, seed=42, min_points=2)  # ... so with 2 parts needed its pairs are left out
+    skipped = sum((a - 1) // 5 == 1 for a, _ in expected)
+    assert skipped and [(p.source.name, p.target.name) for p in short.pairs] == want
+    assert f"10 of the 12 same-species image pairs, drawn with seed 42, less {skipped} with fewer" in short.protocol
+    # the flat images/<class>_<name>.jpg of the authors' prepare_cub.sh
+    for f in list((root / "images").rglob("*.jpg")):
+        f.rename(root / "images" / f"{f.parent.name}_{f.name}")
+    flat = read_cub(root, n_pairs=10, seed=42)
+    assert [p.source.name for p in flat.pairs] == [f"{p.source.parent.name}_{p.source.name}" for p in data.pairs]
+    r = evaluate(flat, create_model("lite"), method="nn", limit=2, progress=False)
+    assert r.n_pairs == 2 and r.protocol.endswith(f"the first 2 of its {len(flat)} pairs evaluated")
 
 
 def test_bad_roots(tmp_path):
@@ -170,11 +301,23 @@ def test_bad_roots(tmp_path):
     (tmp_path / "s" / "PairAnnotation" / "test" / "000.json").write_text('{"category": "cat"}')
     with pytest.raises(DatasetError, match="lacks or mangles a field"):
         read_spair(tmp_path / "s")
-    with pytest.raises(DatasetError, match="PF-WILLOW: missing pair list"):
+    with pytest.raises(DatasetError, match="PF-WILLOW: no pair list test_pairs_pf.csv / pairs.csv in"):
         read_pf_willow(tmp_path)
-    (tmp_path / "pairs.csv").write_text("imageA,imageB\nx.png,y.png\n")
-    with pytest.raises(DatasetError, match="lacks columns"):
+    (tmp_path / "pairs.csv").write_text("imageA,imageB,XA1\n")
+    with pytest.raises(DatasetError, match=r"pairs.csv' has no pairs"):
         read_pf_willow(tmp_path)
+    (tmp_path / "pairs.csv").write_text("imageA,imageB,XA1\nx.png,y.png,1\n")
+    with pytest.raises(DatasetError, match=r"pairs.csv' line 2: 3 columns, expected 42"):
+        read_pf_willow(tmp_path)
+    (tmp_path / "pairs.csv").write_text("x.png,y.png," + ",".join(["1"] * 40) + "\n")  # no header row
+    with pytest.raises(DatasetError, match=r"line 1: image 'x.png' not found"):
+        read_pf_willow(tmp_path)
+    (tmp_path / "PF-dataset-PASCAL").mkdir()
+    (tmp_path / "PF-dataset-PASCAL" / "test_pairs_pf_pascal.csv").write_text("a,b,class,XA,YA,XB,YB\nx,y,21,1,1,1,1\n")
+    with pytest.raises(DatasetError, match="PF-PASCAL: .* line 2: class '21' is not 1-20"):
+        read_dataset("pf-pascal", tmp_path)
+    with pytest.raises(DatasetError, match="PF-PASCAL: no pair list val_pairs_pf_pascal.csv"):
+        read_dataset("pf-pascal", tmp_path, "val")
     with pytest.raises(DatasetError, match="CUB-200-2011: missing file .*images.txt"):
         read_cub(tmp_path)
     with pytest.raises(DatasetError, match="unknown dataset 'coco'"):
@@ -235,15 +378,14 @@ def test_cub_pck_is_exact(tmp_path):
     (root / "images.txt").write_text("".join(f"{i} 001.Bird/b_{i}.jpg\n" for i in views))
     (root / "train_test_split.txt").write_text("".join(f"{i} {i % 2}\n" for i in views))  # test: ids 2 and 4
     (root / "bounding_boxes.txt").write_text("".join(f"{i} 0 0 100 80\n" for i in views))
+    (root / "image_class_labels.txt").write_text("".join(f"{i} 1\n" for i in views))
+    (root / "classes.txt").write_text("1 001.Bird\n")
     (root / "parts" / "part_locs.txt").write_text(
         "".join(f"{i} {k + 1} {x} {y} 1\n" for i, pts in locs.items() for k, (x, y) in enumerate(pts))
     )
     data = read_cub(root, n_pairs=4, seed=0)
-    assert len(data) == 4 and {(p.source.name, p.target.name) for p in data.pairs} <= {
-        ("b_2.jpg", "b_4.jpg"),
-        ("b_4.jpg", "b_2.jpg"),
-    }
+    assert [(p.source.name, p.target.name) for p in data.pairs] == [("b_2.jpg", "b_4.jpg")]  # the one test pair
     r = evaluate(data, oracle_model(), method="nn", progress=False)
-    # 2 -> 4: part 5 predicted 25 px from its label; 4 -> 2: 25 / 1.25 = 20 px off; both > 10 px, < 30 px (img)
+    # 2 -> 4: part 5 predicted 25 px from its label: > 10 px (bbox), < 30 px (img)
     assert r.per_point["bbox"][0.1] == pytest.approx(4 / 5) and r.per_pair["bbox"][0.1] == pytest.approx(4 / 5)
-    assert r.categories == {"bird": r.categories["bird"]} and r.per_point["img"][0.1] == 1.0
+    assert r.categories == {"Bird": r.categories["Bird"]} and r.per_point["img"][0.1] == 1.0

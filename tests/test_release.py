@@ -21,6 +21,7 @@ from distilldift import (
     register_variant,
     weight_sources,
 )
+from distilldift.convert import read_conversion
 from distilldift.download import cache_root, download_verified, git_blob_id
 from distilldift.release import MIRROR_ENV, fetch_release, release_folder, release_urls
 from file_server import FileServer
@@ -76,8 +77,12 @@ def test_release_end_to_end_then_from_cache(server, hub, tmp_path, monkeypatch):
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "conversion.json",
         "distilldift_config.json",
     ]
+    record = read_conversion(folder)  # the whole backbone came from the file (and equals the public weights)
+    assert record["checkpoint"] == "distilled_us.ckpt" and len(record["from_checkpoint"]) == 35
+    assert record["from_base"] is None and record["lora_blocks"] == [0, 1]
     assert not list(cache_root(cache).rglob("*.ckpt")) and not list(cache_root(cache).rglob("*.part"))
     assert [(s.kind, s.cached) for s in weight_sources(v.name, cache_dir=cache)] == [
         ("hub-adapter", False),

@@ -62,7 +62,7 @@ def test_spair_recipes_and_their_checks():
     assert ws.objective == "distill" and ws.pairs == "dataset" and ws.pairs_dataset == "spair"
     for bad, message in [
         ("keypoints.loss=mse", "keypoints.loss must be one of cross_entropy, soft_argmax"),
-        ("keypoints.dataset=coco", "keypoints.dataset must be one of spair, pf-willow, cub"),
+        ("keypoints.dataset=coco", "keypoints.dataset must be one of spair, pf-willow, pf-pascal, cub"),
         ("pairs=spair", "pairs must be one of retrieval, category, given, dataset"),
     ]:
         with pytest.raises(InvalidInputError, match=message):

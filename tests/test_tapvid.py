@@ -1,5 +1,6 @@
 """TAP-Vid metrics on hand-made cases whose values are worked out exactly."""
 
+import pickle
 from fractions import Fraction
 
 import numpy as np
@@ -154,6 +155,125 @@ def test_reader_rejects_malformed_files_naming_the_field(tmp_path):
     (tmp_path / "e.pkl").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DatasetError, match="cannot read"):
         read_tapvid(tmp_path / "e.pkl")
+
+
+def _jpeg_clip(t=4, n=3, size=(40, 30), seed=0):
+    """A clip as tapnet's ``generate_tapvid.py`` writes TAP-Vid-Kinetics: ``video`` = ``np.array`` of the frames'
+    JPEG files (fixed-width byte strings), ``points`` normalised float64, ``occluded`` bool; returns the clip and its
+    frames decoded the way tapnet's loader decodes them (``np.array(Image.open(BytesIO(frame)))``)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for _ in range(t):
+        frame = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG")
+        encoded.append(buf.getvalue())
+    points = rng.uniform(0.1, 0.9, (n, t, 2))
+    clip = {"video": np.array(tuple(encoded)), "points": points, "occluded": rng.random((n, t)) < 0.3}
+    decoded = np.array([np.array(Image.open(io.BytesIO(f))) for f in encoded])
+    return clip, decoded
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_kinetics_shards_of_jpeg_bytes_in_every_pickle_protocol(tmp_path, protocol):
+    """TAP-Vid-Kinetics as ``generate_tapvid.py`` leaves it: shards ``NNNN_of_0010.pkl``, each a pickled list of clips
+    with JPEG-encoded frames; the folder or one shard can be passed; every protocol numpy can write is read."""
+    from distilldift.datasets.tapvid import read_tapvid
+
+    made = [_jpeg_clip(seed=s) for s in range(3)]
+    with open(tmp_path / "0000_of_0010.pkl", "wb") as f:
+        pickle.dump([made[0][0], made[1][0]], f, protocol=protocol)
+    with open(tmp_path / "0001_of_0010.pkl", "wb") as f:
+        pickle.dump([made[2][0]], f, protocol=protocol)
+    clips = read_tapvid(tmp_path)
+    assert [c.name for c in clips] == ["0000_of_0010/0000", "0000_of_0010/0001", "0001_of_0010/0000"]
+    for clip, (raw, decoded) in zip(clips, made, strict=True):
+        np.testing.assert_array_equal(clip.video, decoded)  # the same pixels as tapnet's own decoding
+        np.testing.assert_allclose(clip.points, raw["points"] * np.array([40, 30]) - 0.5)
+        np.testing.assert_array_equal(clip.occluded, raw["occluded"])
+    (one,) = read_tapvid(tmp_path / "0001_of_0010.pkl")
+    assert one.name == "0000" and one.size == (40, 30)
+    lazy = clips[1:]  # a view: nothing decoded until used
+    assert len(lazy) == 2 and lazy[1].name == "0001_of_0010/0000"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_davis_dict_of_arrays_and_lists_of_frames(tmp_path, protocol):
+    """TAP-Vid-DAVIS (a dict of clips with uint8 videos), RGB-Stacking (a list), and frames as a plain list of bytes or
+    an object array, in every protocol."""
+    from distilldift.datasets.tapvid import read_tapvid
+
+    jpeg, decoded = _jpeg_clip(t=3, seed=4)
+    davis = {"bear": _still_clip(), "blackswan": dict(jpeg, video=list(jpeg["video"]))}
+    (tmp_path / "davis.pkl").write_bytes(pickle.dumps(davis, protocol=protocol))
+    bear, swan = read_tapvid(tmp_path / "davis.pkl")
+    assert (bear.name, swan.name) == ("bear", "blackswan")
+    np.testing.assert_array_equal(bear.video, davis["bear"]["video"])
+    np.testing.assert_array_equal(swan.video, decoded)
+    stacking = [dict(jpeg, video=np.array(list(jpeg["video"]), dtype=object)), _still_clip(seed=2)]
+    (tmp_path / "rgb_stacking.pkl").write_bytes(pickle.dumps(stacking, protocol=protocol))
+    first, second = read_tapvid(tmp_path / "rgb_stacking.pkl")
+    np.testing.assert_array_equal(first.video, decoded)
+    assert second.video.shape == (4, 30, 40, 3) and first.name == "0000"
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_a_pickle_that_asks_for_os_system_is_refused_and_never_runs(tmp_path, protocol):
+    from distilldift.datasets import DatasetError
+    from distilldift.datasets.tapvid import read_tapvid
+
+    marker = tmp_path / "ran"
+    clip = _still_clip()
+    clip["occluded"] = _Hostile(marker)
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"v": clip}, protocol=protocol))
+    with pytest.raises(DatasetError, match=r"asks for the Python object (posix|os)\.system.*evil\.pkl"):
+        list(read_tapvid(tmp_path / "evil.pkl"))
+    assert not marker.exists()
+    # bytes spelt through _codecs.encode (protocols 0-2) only as latin1, the way numpy writes them
+    (tmp_path / "codec.pkl").write_bytes(
+        b"c_codecs\nencode\n(Vabc\nVrot13\ntR." if protocol == 0 else pickle.dumps({"v": 1}, protocol=protocol)
+    )
+    if protocol == 0:
+        with pytest.raises(DatasetError, match="encodes bytes as 'rot13'"):
+            list(read_tapvid(tmp_path / "codec.pkl"))
+
+
+def test_bad_encoded_frames_name_file_clip_and_frame(tmp_path):
+    from distilldift.datasets import DatasetError
+    from distilldift.datasets.tapvid import read_tapvid
+
+    clip, _ = _jpeg_clip(t=3)
+    frames = list(clip["video"])
+    frames[2] = b"not a jpeg"
+    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=frames)]))
+    with pytest.raises(DatasetError, match=r"0000_of_0010\.pkl.* video '0000': field 'video' frame 2 is not a decod"):
+        list(read_tapvid(tmp_path))
+    small, _ = _jpeg_clip(t=2, size=(20, 10))
+    mixed = [clip["video"][0], small["video"][0], clip["video"][2]]
+    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=mixed)]))
+    with pytest.raises(DatasetError, match=r"frame 1 is \(20, 10\), frame 0 \(40, 30\)"):
+        read_tapvid(tmp_path)[0]
+    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=[])]))
+    with pytest.raises(DatasetError, match="field 'video' holds no frames"):
+        read_tapvid(tmp_path)[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="neither .pkl shards"):
+        read_tapvid(empty)
 
 
 def test_folder_of_clips(tmp_path):

@@ -6,6 +6,7 @@ User errors (bad image, bad point, unknown model, missing weights) print one lin
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sys
 import warnings
@@ -418,11 +419,15 @@ def eval_(
     dataset: Annotated[
         str,
         typer.Option(
-            help="Benchmark: spair, pf-willow, cub (distilldift.datasets.DATASETS) or tapvid (point tracking)."
+            help="Benchmark: spair, pf-willow, pf-pascal, cub (distilldift.datasets.DATASETS) or tapvid (tracking)."
         ),
     ],
     root: Annotated[
-        Path, typer.Option(help="Dataset folder (SPair-71k, PF-WILLOW, CUB_200_2011), or a TAP-Vid .pkl / clip folder.")
+        Path,
+        typer.Option(
+            help="The folder the download unpacks to (SPair-71k, PF-WILLOW, PF-dataset-PASCAL, CUB_200_2011), "
+            "or a TAP-Vid .pkl / folder of .pkl shards / folder of clips."
+        ),
     ],
     model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
@@ -482,7 +487,8 @@ def _eval_tracking(dataset, root, model, load, method, size, query, resolution, 
 
     if query not in QUERY_MODES:
         raise InvalidInputError(f"--query must be one of {', '.join(QUERY_MODES)}, got {query!r}")
-    clips = TRACKING_DATASETS[dataset](root)[:limit]
+    clips = TRACKING_DATASETS[dataset](root)
+    clips = clips if limit is None else itertools.islice(clips, limit)  # pickles are read lazily
     net = load()
     overall, per_clip = evaluate_tracking(clips, net, query_mode=query, resolution=resolution, method=method, size=size)
     protocol = (
@@ -660,12 +666,20 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Convert an authors' checkpoint into a distilldift model folder (exact same features)."""
-    from .convert import convert_checkpoint
+    from .convert import convert_checkpoint, read_conversion
 
     folder = convert_checkpoint(
         checkpoint, out, variant=_variant_arg(variant), base=base, self_contained=self_contained, overwrite=overwrite
     )
     console.print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+    r = read_conversion(folder)
+    taken = r["from_checkpoint"]
+    console.print(
+        f"from {r['checkpoint']}: LoRA on {len(r['lora_blocks'])} blocks, {len(taken)} backbone tensors"
+        + (f" ({', '.join(taken[:4])}{' ...' if len(taken) > 4 else ''})" if taken else "")
+        + (f"; {r['from_base_count']} from {r['from_base']}" if r["from_base"] else "")
+        + " (all listed in conversion.json)"
+    )
 
 
 @app.command()

@@ -7,14 +7,21 @@ v outputs (no scaling). Checkpoints are full state dicts, keys prefixed ``model.
 
 Conversion, exact: each block's q/v pairs become one peft LoRA of rank 2r on timm's fused ``qkv`` with
 ``lora_alpha = 2r``: ``A = [A_q; A_v]`` and ``B`` zero except ``B_q`` (q rows, first r columns) and ``B_v`` (v rows,
-last r columns). The backbone tensors go through timm's own DINOv2 checkpoint conversion. If they equal the
-variant's public base weights, the output holds only the adapter; otherwise (e.g. the authors' training also
-updated ``qkv.qkv``) it also holds ``model.safetensors`` with the checkpoint's base weights. Any key not
-understood is an error; nothing is dropped silently. The output folder appears only when complete.
+last r columns). The backbone tensors go through timm's own DINOv2 checkpoint conversion.
+
+A checkpoint may hold all of the backbone, some of it (the authors' released files are under GitHub's 100 MB limit,
+so they cannot hold a float32 ViT-B: e.g. only the LoRA tensors, or those and the ``qkv`` weights their training also
+updated), or none of it. The authors' own loading (``load_state_dict(strict=False)``) replaces the tensors present
+and keeps DINOv2's for the rest; so does this: the tensors present replace the base weights', the others come from
+the variant's base weights, and ``conversion.json`` in the output folder lists exactly which came from the file.
+If the result equals the variant's public base weights, the output holds only the adapter; otherwise it also holds
+``model.safetensors``. Any key not understood is an error; nothing is dropped silently. The output folder appears
+only when complete.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,7 +38,9 @@ from .files import readable_by_others
 from .hub import base_state_dict, save_pretrained
 from .variants import DEFAULT_VARIANT, Variant, get_variant
 
-__all__ = ["convert_checkpoint", "read_checkpoint", "split_official_state_dict"]
+__all__ = ["CONVERSION_NAME", "convert_checkpoint", "read_checkpoint", "read_conversion", "split_official_state_dict"]
+
+CONVERSION_NAME = "conversion.json"  # what a converted folder took from the checkpoint
 
 _LORA_KEY = re.compile(r"blocks\.(\d+)\.attn\.qkv\.linear_([ab])_([qv])\.weight")
 _WRAPPED_QKV = re.compile(r"(blocks\.\d+\.attn\.qkv)\.qkv\.(weight|bias)")
@@ -125,30 +134,58 @@ def _peft_lora_state(lora: dict[int, dict[str, torch.Tensor]], rank: int, dim: i
     return out
 
 
-def _load_backbone(model, backbone: dict[str, torch.Tensor], source: str) -> None:
-    """Load DINOv2-hub-format tensors into the timm model through timm's own checkpoint conversion (strict)."""
+_DINOV2_TOKENS = frozenset({"cls_token", "pos_embed", "register_tokens"})  # converted to timm's together
+
+
+def _to_timm_keys(backbone: dict[str, torch.Tensor], timm_model, source: str) -> dict[str, torch.Tensor]:
+    """DINOv2-hub-format tensors (all or some) in timm's keys, through timm's own checkpoint conversion."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    sd = dict(backbone)
+    tokens = _DINOV2_TOKENS & set(sd)
+    if tokens and tokens != _DINOV2_TOKENS:
+        raise CheckpointError(
+            f"{source}: holds {sorted(tokens)} without {sorted(_DINOV2_TOKENS - tokens)}; DINOv2's class and register "
+            "tokens and position embedding become timm's together (timm folds position 0 into its class token)"
+        )
+    if tokens and "mask_token" not in sd:
+        sd["mask_token"] = torch.zeros(1)  # marks the tensors as DINOv2's for timm's converter, which drops it
+    return checkpoint_filter_fn(sd, timm_model)
+
+
+def _timm_tensors(model, backbone: dict[str, torch.Tensor], source: str, partial: bool) -> dict[str, torch.Tensor]:
+    """``backbone`` in the model's timm keys, checked: no unknown key, every shape the model's, and (unless
+    ``partial``) every base tensor present."""
     timm_model = model.timm_model
     target = {k.replace(".base_layer.", "."): v for k, v in timm_model.state_dict().items() if "lora_" not in k}
-    converted = checkpoint_filter_fn(dict(backbone), timm_model)
+    converted = _to_timm_keys(backbone, timm_model, source)
+    arch = f"this variant's architecture ({type(timm_model).__name__}, depth {len(timm_model.blocks)})"
     unexpected = sorted(set(converted) - set(target))
     missing = sorted(set(target) - set(converted))
     if unexpected:
         raise CheckpointError(f"{source}: keys not understood {unexpected[:10]}")
-    if missing:
-        raise CheckpointError(
-            f"{source}: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; does it belong to "
-            f"this variant's architecture ({type(timm_model).__name__}, depth {len(timm_model.blocks)})?"
-        )
     for k, v in converted.items():
         if tuple(v.shape) != tuple(target[k].shape):
             raise CheckpointError(
-                f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(target[k].shape)}"
+                f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(target[k].shape)}; does it "
+                f"belong to {arch}?"
             )
+    if missing and not partial:
+        raise CheckpointError(
+            f"{source}: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; does it belong to {arch}?"
+        )
+    return converted
+
+
+def _load_backbone(model, backbone: dict[str, torch.Tensor], source: str, partial: bool = False) -> list[str]:
+    """Load DINOv2-hub-format tensors into the timm model; ``partial``: some tensors only (the others stay as they
+    are). Returns the timm keys loaded."""
+    converted = _timm_tensors(model, backbone, source, partial)
+    target = {k.replace(".base_layer.", "."): v for k, v in model.timm_model.state_dict().items() if "lora_" not in k}
     with torch.no_grad():
         for k, v in converted.items():
             target[k].copy_(v)
+    return sorted(converted)
 
 
 def convert_checkpoint(
@@ -199,6 +236,7 @@ def convert_checkpoint(
     bare = v.replace(weights=None, adapter=None, release=None)
     model = build_model(bare, get=None, adapter_get=None, cache_dir=None, local_files_only=True)
     base_source = None
+    complete = _covers(model, backbone, f"checkpoint {checkpoint}")
     if base is not None:
         base_file = str(base)
     else:
@@ -206,15 +244,17 @@ def convert_checkpoint(
             base_file = base_weights_file(v.weights, None, cache_dir=cache_dir, local_files_only=local_files_only)
             base_source = v.weights
         except WeightsNotFoundError as e:
-            if not backbone:
-                raise
+            if not complete:
+                raise WeightsNotFoundError(
+                    f"{checkpoint} holds only part of the backbone; the rest comes from the variant's base weights, "
+                    f"which are unavailable: {e} (or pass base=FILE / --base FILE)"
+                ) from None
             warnings.warn(f"base weights unavailable ({e}); writing a self-contained folder", stacklevel=2)
             base_file = None
     if base_file is not None:
         _load_backbone(model, _read_base(base_file), f"base weights {base_file}")
     reference = {k: t.clone() for k, t in base_state_dict(model).items()}
-    if backbone:
-        _load_backbone(model, backbone, f"checkpoint {checkpoint}")
+    from_file = _load_backbone(model, backbone, f"checkpoint {checkpoint}", partial=True) if backbone else []
 
     from peft import set_peft_model_state_dict
 
@@ -232,8 +272,16 @@ def convert_checkpoint(
     model.variant = v.replace(weights=None if keep_base else base_source, adapter=None, release=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    report = {
+        "checkpoint": Path(checkpoint).name,
+        "lora_blocks": sorted(lora),
+        "from_checkpoint": from_file,
+        "from_base": None if complete else (base_source or str(base)),
+        "from_base_count": len(reference) - len(from_file),
+    }
     try:
         save_pretrained(model, tmp, save_base=keep_base)
+        (tmp / CONVERSION_NAME).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         readable_by_others(tmp)  # mkdtemp makes it private (0700)
         if out.exists():
             shutil.rmtree(out)
@@ -241,6 +289,25 @@ def convert_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _covers(model, backbone: dict[str, torch.Tensor], source: str) -> bool:
+    """Does ``backbone`` hold every base tensor of ``model``? Checks its keys and shapes before any download."""
+    if not backbone:
+        return False
+    converted = _timm_tensors(model, backbone, source, partial=True)
+    return {k.replace(".base_layer.", ".") for k in model.timm_model.state_dict() if "lora_" not in k} <= set(converted)
+
+
+def read_conversion(folder: str | os.PathLike) -> dict | None:
+    """The conversion record of a folder written by :func:`convert_checkpoint` (``None`` for other folders).
+
+    Keys: ``checkpoint`` (file name), ``lora_blocks``, ``from_checkpoint`` (the timm names of the base tensors taken
+    from the file), ``from_base`` (where the others came from; ``None`` when the file held them all),
+    ``from_base_count``.
+    """
+    path = Path(folder) / CONVERSION_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _read_base(path: str) -> dict[str, torch.Tensor]:

@@ -184,7 +184,8 @@ def evaluate(
     cats = [p.category for p in pairs]
     result = EvalResult(
         dataset=dataset.name,
-        protocol=dataset.protocol,
+        protocol=dataset.protocol
+        + (f"; the first {len(pairs)} of its {len(dataset)} pairs evaluated" if len(pairs) < len(dataset) else ""),
         alphas=alphas,
         settings=dict(
             model=model.variant.name,

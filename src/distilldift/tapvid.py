@@ -16,7 +16,7 @@ AJ and delta_avg average over the thresholds. A distance exactly ``d`` is *not* 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -197,7 +197,7 @@ def tapvid_queries(occluded: np.ndarray, query_mode: str = "first", stride: int 
 
 
 def evaluate_tracking(
-    clips: Sequence,
+    clips: Iterable,
     model=None,
     *,
     query_mode: str = "first",

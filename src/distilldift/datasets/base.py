@@ -60,6 +60,9 @@ class PairDataset:
         pairs: the annotated pairs.
         left_right: per category, the keypoint id pairs that swap under a horizontal flip (empty: none).
         protocol: one line describing the pairs and the bbox threshold, printed with results.
+        index_base: the pixel index of the annotation files' first pixel, which the reader subtracted (1: MATLAB's
+            1-based PF-WILLOW / PF-PASCAL; 0 elsewhere). The authors' evaluation uses the files' own values, so
+            ``protocol="paper"`` adds it back.
     """
 
     name: str
@@ -67,6 +70,7 @@ class PairDataset:
     pairs: list[Pair]
     left_right: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     protocol: str = ""
+    index_base: int = 0
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .base import DatasetError, require
@@ -217,9 +218,26 @@ def read_co3d(root: str | Path, categories: list[str] | None = None, *, need_dep
     return Co3dDataset(root, frames)
 
 
+def _to_image_size(values: np.ndarray, frame: Co3dFrame, path: Path, what: str) -> np.ndarray:
+    """A per-pixel map stored at another resolution than the image (CO3D's depth maps may be), resampled to the
+    image's pixels by nearest neighbour, as PyTorch3D's loader does; maps of another shape are refused."""
+    w, h = frame.image_size
+    mh, mw = values.shape
+    if (mw, mh) == (w, h):
+        return values
+    if abs(mw / mh - w / h) > max(1 / mh, 1 / mw) * w / h + 1e-9:
+        raise DatasetError(
+            f"co3d: {what} {str(path)!r} is {mw}x{mh}, not the shape of its {w}x{h} image (frame "
+            f"{frame.frame_number} of {frame.sequence})"
+        )
+    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(values))[None, None].float(), size=(h, w))
+    return resized[0, 0].numpy().astype(values.dtype)
+
+
 def load_depth(frame: Co3dFrame) -> torch.Tensor:
-    """``(H, W)`` float32 depth (view-space z, scene units, ``scale_adjustment`` applied; 0 where unknown or
-    outside the depth mask)."""
+    """``(H, W)`` float32 depth at the image's size (view-space z, scene units, ``scale_adjustment`` applied; 0 where
+    unknown or outside the depth mask). Depth maps and depth masks stored at another resolution (same aspect ratio)
+    are resampled to the image by nearest neighbour."""
     if frame.depth is None:
         raise DatasetError(f"co3d: frame {frame.frame_number} of {frame.sequence} has no depth map")
     with Image.open(frame.depth) as im:
@@ -230,13 +248,18 @@ def load_depth(frame: Co3dFrame) -> torch.Tensor:
         )
     depth = raw.astype(np.uint16).view(np.float16).astype(np.float32) * frame.depth_scale
     depth[~np.isfinite(depth)] = 0
+    depth = _to_image_size(depth, frame, frame.depth, "depth map")
     if frame.depth_mask is not None:
-        depth[~load_mask(frame.depth_mask)] = 0
+        valid = _to_image_size(load_mask(frame.depth_mask).numpy(), frame, frame.depth_mask, "depth mask")
+        depth[~valid] = 0
     return torch.from_numpy(depth)
 
 
-def load_mask(path: Path) -> torch.Tensor:
-    """``(H, W)`` bool: a mask PNG above one half (foreground probability or a binary mask)."""
+def load_mask(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(H, W)`` bool: a mask PNG above one half (foreground probability or a binary mask). With ``size = (W, H)``
+    a mask of another size is an error (a foreground mask must match its image, as in PyTorch3D's loader)."""
     with Image.open(path) as im:
+        if size is not None and im.size != tuple(size):
+            raise DatasetError(f"co3d: mask {str(path)!r} is {im.size[0]}x{im.size[1]}, its image {size[0]}x{size[1]}")
         arr = np.asarray(im.convert("L"), dtype=np.float32)
     return torch.from_numpy(arr > 127.5)

@@ -108,5 +108,5 @@ def read_spair(root: str | Path, split: str = "test", categories: list[str] | No
         root=root,
         pairs=pairs,
         left_right=SPAIR_LEFT_RIGHT,
-        protocol=f"SPair-71k {split}: {len(pairs)} pairs; PCK_bbox threshold: alpha * max side of the target's box",
+        protocol=f"SPair-71k {split}; PCK_bbox threshold: alpha * max side of the target's box",
     )

@@ -48,7 +48,12 @@ def evenly(n: int, k: int) -> list[int]:
 
 def _view(frame: Co3dFrame) -> View:
     cam = frame.camera
-    return View(cam.intrinsics(frame.image_size), cam.world_to_camera(), load_depth(frame), load_mask(frame.mask))
+    return View(
+        cam.intrinsics(frame.image_size),
+        cam.world_to_camera(),
+        load_depth(frame),
+        load_mask(frame.mask, frame.image_size),
+    )
 
 
 def build_co3d_labels(data: Co3dDataset, folder: Path, config: TrainConfig, log=print) -> list[Path]:

@@ -9,6 +9,8 @@ soft-argmax (``losses.soft_argmax_loss``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -37,7 +39,7 @@ class KeypointSupervision(Objective):
         pairs = [p for p in data.pairs if len(p.source_points) > 0]
         if not pairs:
             raise DatasetError(f"{s.dataset} {s.split!r} below {str(run.data)!r} has no pair with keypoints")
-        self.data = PairDataset(data.name, data.root, pairs, data.left_right, data.protocol)
+        self.data = dataclasses.replace(data, pairs=pairs)
 
     def batch(self, run: Run, student: DistillDiftModel, step: int) -> dict[str, torch.Tensor]:
         c, s = self.config, self.config.keypoints
