@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmark_layouts import pf_willow_download
 from conftest import PF_WILLOW, requires_shared
 from distilldift import create_model
 from distilldift.datasets import DatasetError, PairDataset, read_cub, read_dataset, read_pf_willow, read_spair
@@ -117,31 +118,11 @@ def test_pf_willow_format(tmp_path):
     assert r.per_point["bbox"][0.1] == pytest.approx(9 / 10) and r.categories["c1"]["bbox"][0.1] == pytest.approx(0.9)
 
 
-def _pf_download(top: Path, renamed: bool) -> Path:
-    """PF-WILLOW laid out as its download leaves it, from the real images: ``PF-dataset.zip`` unzipped
-    (``PF-dataset/<class>/*.png``) and CNNGeometric's ``test_pairs_pf.csv`` (header, then image A, image B as
-    ``PF-dataset/<class>/<name>.png``, 10 x of A, 10 y of A, 10 x of B, 10 y of B, 1-based) beside it; or, after the
-    authors' ``download_pfwillow.sh``, the CSV moved inside and the folder renamed ``PF-WILLOW``."""
-    import csv
-
-    folder = top / ("PF-WILLOW" if renamed else "PF-dataset")
-    for cls in sorted(p for p in PF_WILLOW.iterdir() if p.is_dir()):
-        (folder / cls.name).mkdir(parents=True)
-        for f in cls.glob("*.png"):
-            (folder / cls.name / f.name).symlink_to(f)
-    with open(PF_WILLOW / "pairs.csv", newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    header = "imageA,imageB," + ",".join(f"{c}{i}" for c in ("XA", "YA", "XB", "YB") for i in range(1, 11))
-    lines = [header] + [",".join([f"PF-dataset/{r[0]}", f"PF-dataset/{r[1]}", *r[2:]]) for r in rows]
-    (folder if renamed else top).joinpath("test_pairs_pf.csv").write_text("\n".join(lines) + "\n")
-    return folder
-
-
 @requires_shared
 def test_pf_willow_as_downloaded_reads_the_same_pairs_and_pck(tmp_path, lite_model):
     today = read_pf_willow(PF_WILLOW)
-    official = _pf_download(tmp_path / "a", renamed=False)
-    authors = _pf_download(tmp_path / "b", renamed=True)
+    official = pf_willow_download(tmp_path / "a", renamed=False)
+    authors = pf_willow_download(tmp_path / "b", renamed=True)
     for root in (tmp_path / "a", official.parent, authors, authors.parent):  # the folder, or the folder above it
         data = read_pf_willow(root)
         assert len(data) == 900 and data.index_base == 1
@@ -362,6 +343,11 @@ def test_eval_cli(tmp_path):
         [exe, "eval", "--dataset", "spair", "--root", str(tmp_path / "missing")], capture_output=True, text=True
     )
     assert r.returncode == 2 and "SPair-71k: missing dataset root" in r.stderr
+    r = subprocess.run(cmd + ["--protocol", "paper"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "the authors' protocol (train/eval.py): 320x320 input normalised" in " ".join(r.stdout.split())
+    r = subprocess.run(cmd + ["--protocol", "paper", "--method", "nn"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--protocol paper sets the matching itself; drop --method" in r.stderr
 
 
 def test_cub_pck_is_exact(tmp_path):

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from .errors import DistillDiftError, InvalidInputError
 from .files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES
-from .variants import DEFAULT_VARIANT, PRECISION_CHOICES, RESIZE_MODES
+from .variants import DEFAULT_VARIANT, EVAL_PROTOCOLS, PRECISION_CHOICES, RESIZE_MODES
 
 app = typer.Typer(
     name="distilldift",
@@ -44,6 +44,7 @@ class FlipChoice(str, Enum):
 HEATMAP_ROWS = 16  # match --heatmap: rows drawn at most
 ResizeChoice = Enum("ResizeChoice", {mode: mode for mode in RESIZE_MODES}, type=str)  # from the library
 PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISION_CHOICES}, type=str)
+ProtocolChoice = Enum("ProtocolChoice", {p: p for p in EVAL_PROTOCOLS}, type=str)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -432,8 +433,15 @@ def eval_(
     model: ModelOpt = DEFAULT_VARIANT,
     split: Annotated[str, typer.Option(help="Split: test (SPair also val, trn; CUB also train).")] = "test",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
-    method: MethodOpt = "soft",
-    flip: Annotated[FlipChoice, typer.Option(help="Pose-align: no, yes, auto.")] = FlipChoice.no,
+    protocol: Annotated[
+        ProtocolChoice,
+        typer.Option(
+            help="default: distilldift's matching (the options below); paper: the authors' evaluation for this model "
+            "and benchmark (their settings, printed with the result)."
+        ),
+    ] = ProtocolChoice("default"),
+    method: Annotated[str | None, typer.Option(help="Localizer: nn, soft (the default), or any registered.")] = None,
+    flip: Annotated[FlipChoice | None, typer.Option(help="Pose-align: no (the default), yes, auto.")] = None,
     size: SizeOpt = None,
     resize: ResizeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
@@ -449,16 +457,27 @@ def eval_(
     from .datasets import TRACKING_DATASETS, read_dataset
     from .evaluation import evaluate, save_result
 
-    _check_outputs(device, (out, (".json",), "--out"), method=method)
+    _check_outputs(device, (out, (".json",), "--out"), method=method or "soft")
     if dataset in TRACKING_DATASETS:
         load = functools.partial(_load, model, device, precision, compile)
-        _eval_tracking(dataset, root, model, load, method, size, query, resolution, limit, out)
+        _eval_tracking(dataset, root, model, load, method or "soft", size, query, resolution, limit, out)
         return
     data = read_dataset(dataset, root, split)
     net = _load(model, device, precision, compile)
-    flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
+    flip_arg = {None: False, "no": False, "yes": True, "auto": "auto"}[flip.value if flip else None]
+    paper = protocol.value == "paper"
+    clash = [f"--{k}" for k, v in dict(method=method, flip=flip, size=size, resize=resize).items() if v is not None]
+    if paper and clash:
+        raise InvalidInputError(f"--protocol paper sets the matching itself; drop {', '.join(clash)}")
     r = evaluate(
-        data, net, method=method, flip=flip_arg, size=size, resize=resize.value if resize else None, limit=limit
+        data,
+        net,
+        method=method,
+        flip=flip_arg,
+        size=size,
+        resize=resize.value if resize else None,
+        limit=limit,
+        protocol=protocol.value,
     )
     table = Table(title=f"{dataset} ({model}): PCK per category, per-point average within each")
     table.add_column("category", overflow="fold")

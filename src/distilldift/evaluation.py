@@ -8,6 +8,7 @@ then the mean over categories: SPair's Table 1), side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from .files import atomic_path, check_output
 from .images import load_image
 from .matching import MatchSettings, flip_queries, match_features, use_mirror
 from .model import DistillDiftModel
+from .paper import PaperEvaluator
+from .variants import EVAL_PROTOCOLS, PaperProtocol
 
 __all__ = ["EvalResult", "evaluate", "pck"]
 
@@ -121,6 +124,7 @@ def evaluate(
     reuse_features: bool = True,
     progress: bool = True,
     settings: MatchSettings | None = None,
+    protocol: str | PaperProtocol = "default",
 ) -> EvalResult:
     """PCK@alpha of ``model`` on ``dataset`` (from :func:`distilldift.datasets.read_dataset`).
 
@@ -137,19 +141,34 @@ def evaluate(
         cache_images: how many images' features to keep (each image's features are computed once while cached).
         reuse_features: ``False`` recomputes features for every pair (for benchmarks).
         progress: show a progress bar.
+        protocol: ``"default"`` (distilldift's matching, the settings above) or ``"paper"``: the authors' own
+            evaluation for this model (the variant's :class:`~distilldift.variants.PaperProtocol`) with the program
+            they used on this benchmark (``dataset.paper_program``; see :mod:`distilldift.paper`); a
+            ``PaperProtocol`` gives other settings. It sets the matching itself, so ``method``, ``window``,
+            ``temperature``, ``flip``, ``size``, ``resize`` and ``settings`` must be left unset.
 
     Returns:
         :class:`EvalResult`.
     """
-    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     if flip not in (True, False, "auto"):
         raise InvalidInputError(f"flip must be True, False or 'auto', got {flip!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInputError(f"limit must be a positive number of pairs (or None for all), got {limit!r}")
     model = resolve_model(model)
+    paper = _paper_protocol(protocol, model)
+    if paper is not None:
+        given = dict(method=method, window=window, temperature=temperature, size=size, resize=resize, settings=settings)
+        clash = [k for k, v in given.items() if v is not None] + (["flip"] if flip is not False else [])
+        if clash:
+            raise InvalidInputError(
+                f"protocol='paper' sets the matching itself; leave {', '.join(clash)} unset (or use protocol='default')"
+            )
+    ms = MatchSettings.resolve(settings, method=method, window=window, temperature=temperature)
     pairs = dataset.pairs[:limit] if limit is not None else dataset.pairs
     alphas = tuple(float(a) for a in alphas)
-    cache = _FeatureCache(model, size, resize, cache_images if reuse_features else 0)
+    capacity = cache_images if reuse_features else 0
+    authors = PaperEvaluator(dataset, model, paper, capacity) if paper is not None else None
+    cache = _FeatureCache(model, size, resize, capacity)
     hits: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}  # per pair: (n_points, n_alphas) bool
     bar = None
     if progress:
@@ -162,6 +181,12 @@ def evaluate(
         bar.start()
     try:
         for pair in pairs:
+            if authors is not None:
+                for kind, h in authors.hits(pair, alphas).items():
+                    hits[kind].append(h)
+                if bar is not None:
+                    bar.update(task, advance=1)
+                continue
             src, dst = cache.get(pair.source), cache.get(pair.target)
             queries = torch.from_numpy(pair.source_points).float()
             if flip:
@@ -182,21 +207,26 @@ def evaluate(
         if bar is not None:
             bar.stop()
     cats = [p.category for p in pairs]
-    result = EvalResult(
-        dataset=dataset.name,
-        protocol=dataset.protocol
-        + (f"; the first {len(pairs)} of its {len(dataset)} pairs evaluated" if len(pairs) < len(dataset) else ""),
-        alphas=alphas,
-        settings=dict(
-            model=model.variant.name,
+    if authors is not None:
+        matching = dict(protocol="paper", program=authors.program, **dataclasses.asdict(paper))
+        matching["input_size"] = authors.size
+    else:
+        matching = dict(
+            protocol="default",
             method=ms.method,
             window=ms.window,
             temperature=ms.temperature,
             flip=flip,
             size=size or model.variant.input_size,
             resize=resize or model.variant.resize,
-            limit=limit,
-        ),
+        )
+    result = EvalResult(
+        dataset=dataset.name,
+        protocol=dataset.protocol
+        + (f"; {authors.describe()}" if authors is not None else "")
+        + (f"; the first {len(pairs)} of its {len(dataset)} pairs evaluated" if len(pairs) < len(dataset) else ""),
+        alphas=alphas,
+        settings=dict(model=model.variant.name, **matching, limit=limit),
         n_pairs=len(pairs),
         n_points=int(sum(len(p.source_points) for p in pairs)),
     )
@@ -212,8 +242,19 @@ def evaluate(
             pooled_c = np.concatenate(hs)
             result.categories.setdefault(c, {})[kind] = {a: float(pooled_c[:, i].mean()) for i, a in enumerate(alphas)}
         result.per_category[kind] = {a: float(np.mean([result.categories[c][kind][a] for c in by_cat])) for a in alphas}
-    result.settings["features_computed"] = cache.computed
+    result.settings["features_computed"] = cache.computed + (authors.computed if authors is not None else 0)
     return result
+
+
+def _paper_protocol(protocol: str | PaperProtocol, model: DistillDiftModel) -> PaperProtocol | None:
+    """The authors' settings for ``protocol="paper"`` (the variant's), a given record, or ``None`` for the default."""
+    if isinstance(protocol, PaperProtocol):
+        return protocol
+    if protocol not in EVAL_PROTOCOLS:
+        raise InvalidInputError(
+            f"protocol must be one of {', '.join(EVAL_PROTOCOLS)} or a PaperProtocol, got {protocol!r}"
+        )
+    return model.variant.paper_protocol if protocol == "paper" else None
 
 
 def save_result(result: EvalResult, path: str | os.PathLike) -> Path:

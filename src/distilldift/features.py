@@ -101,6 +101,7 @@ def extract_feature_maps(
     size: int | None = None,
     resize: str | None = None,
     batch_size: int = 8,
+    normalize: bool = True,
 ) -> list[FeatureMap]:
     """One :class:`FeatureMap` per image, each at its own input size (images of equal input size share a pass).
 
@@ -111,6 +112,7 @@ def extract_feature_maps(
         images: loaded images, ``(3, H, W)`` float tensors in [0, 1] (see :func:`distilldift.load_image`).
         size, resize: as in :func:`extract_features`.
         batch_size: images per forward pass.
+        normalize: ``False`` keeps the backbone's raw features (see :meth:`DistillDiftModel.forward`).
 
     Example:
         >>> import torch
@@ -126,12 +128,14 @@ def extract_feature_maps(
     out: list[FeatureMap] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        out.extend(run_prepared(model, [model.prepare(image, size, resize) for image in chunk]))
+        out.extend(run_prepared(model, [model.prepare(image, size, resize) for image in chunk], normalize=normalize))
     return out
 
 
 @torch.inference_mode()
-def run_prepared(model: DistillDiftModel, prepared: Sequence[tuple[torch.Tensor, GridGeometry]]) -> list[FeatureMap]:
+def run_prepared(
+    model: DistillDiftModel, prepared: Sequence[tuple[torch.Tensor, GridGeometry]], *, normalize: bool = True
+) -> list[FeatureMap]:
     """The model on inputs already made by ``model.prepare``: one :class:`FeatureMap` per input, in order.
 
     Inputs of equal input size share one forward pass (a batch of mixed sizes is split by size).
@@ -139,6 +143,8 @@ def run_prepared(model: DistillDiftModel, prepared: Sequence[tuple[torch.Tensor,
     Args:
         model: the model.
         prepared: ``(x, geometry)`` pairs from :meth:`DistillDiftModel.prepare`, ``x`` ``(3, h, w)`` normalised.
+        normalize: ``False`` keeps the backbone's raw features (not L2-normalised; see
+            :meth:`DistillDiftModel.forward`).
 
     Example:
         >>> import torch
@@ -156,7 +162,7 @@ def run_prepared(model: DistillDiftModel, prepared: Sequence[tuple[torch.Tensor,
         groups.setdefault(geom.input_size, []).append(i)
     for idx in groups.values():
         x = torch.stack([prepared[i][0] for i in idx]).to(device=p.device, dtype=p.dtype)
-        feats = model(x).float()
+        feats = model(x, normalize=normalize).float()
         for j, i in enumerate(idx):
             out[i] = FeatureMap(feats[j], prepared[i][1])
     return out  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from .errors import InvalidInputError, UnknownVariantError
 
 __all__ = [
     "LoraSpec",
+    "PaperProtocol",
     "ReleaseFile",
     "Variant",
     "DEFAULT_VARIANT",
@@ -27,6 +28,7 @@ ResizeMode = Literal["stretch", "keep_aspect"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "keep_aspect")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # inference arithmetic: float32, or bfloat16 autocast
 PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)  # load_model(precision=...): auto = bf16 on CUDA
+EVAL_PROTOCOLS: tuple[str, ...] = ("default", "paper")  # evaluate(protocol=...): ours, or the authors' (PaperProtocol)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,6 +61,55 @@ class LoraSpec:
         r = 2 * self.rank if self.qv_only else self.rank
         alpha = r if (self.qv_only or self.alpha is None) else self.alpha
         return dict(r=r, lora_alpha=alpha, target_modules=[self.target], lora_dropout=self.dropout, bias="none")
+
+
+@dataclass(frozen=True)
+class PaperProtocol:
+    """How the authors evaluated a model (CompVis/distilldift @ e21076e): ``evaluate(..., protocol="paper")``.
+
+    The authors ran two programs: ``eval/eval.py`` (from GeoAware-SC) for SPair-71k and PF-PASCAL, configured by
+    ``eval/configs/eval_distilldift_{us,ws,s}.yaml``, and ``train/eval.py`` for PF-WILLOW and CUB-200-2011. Both feed a
+    stretched square image of ``input_size`` pixels.
+
+    Attributes:
+        input_size: side of the square input (``None``: the variant's ``input_size``; 434 = 31 patches of 14 px).
+        grid: ``eval/eval.py``: feature maps are bilinearly upsampled to ``grid x grid`` cells for matching (60).
+        window: ``eval/eval.py``: soft-argmax window radius in grid cells around the best cell (5); 0 = the best cell.
+        temperature: ``eval/eval.py``: the soft-argmax's softmax temperature (0.02).
+        frame: ``eval/eval.py``: keypoints, predictions and errors live in a ``frame x frame`` stretched copy of each
+            image (840); the bbox threshold is the box's longer side times the vertical scale, as in their code.
+        pose_align: ``eval/eval.py``: also match the mirrored source (left/right keypoints swapped) and keep it when
+            its mutual-nearest-neighbour feature distance to the target is smaller (``ADAPT_FLIP`` + ``MUTUAL_NN``:
+            the ``ws`` and ``s`` configs).
+        raw_input: ``train/eval.py`` fed images in [0, 1] without the mean/std normalisation (their models, DINOv2
+            included); ``False`` keeps the variant's normalisation (models the authors never ran, e.g. ``lite``).
+
+    Example:
+        >>> from distilldift import get_variant
+        >>> get_variant("distilldift_ws").paper_protocol
+        PaperProtocol(input_size=None, grid=60, window=5, temperature=0.02, frame=840, pose_align=True, raw_input=True)
+    """
+
+    input_size: int | None = None
+    grid: int = 60
+    window: int = 5
+    temperature: float = 0.02
+    frame: int = 840
+    pose_align: bool = False
+    raw_input: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "frame"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 1):
+                raise InvalidInputError(f"PaperProtocol.{name} must be a whole number > 1, got {getattr(self, name)!r}")
+        if not (isinstance(self.window, int) and self.window >= 0):
+            raise InvalidInputError(f"PaperProtocol.window must be a whole number >= 0, got {self.window!r}")
+        if not self.temperature > 0:
+            raise InvalidInputError(f"PaperProtocol.temperature must be > 0, got {self.temperature!r}")
+        if self.input_size is not None and not (isinstance(self.input_size, int) and self.input_size > 0):
+            raise InvalidInputError(
+                f"PaperProtocol.input_size must be a positive whole number, got {self.input_size!r}"
+            )
 
 
 AUTHORS_REPO = "CompVis/distilldift"
@@ -143,6 +194,8 @@ class Variant:
         description: one line for ``distilldift models``.
         license: licence note of the weights.
         recipe: the ``distilldift train --recipe`` that produces these weights (``""``: none ships).
+        paper_protocol: how the authors evaluated this model (:class:`PaperProtocol`), used by
+            ``evaluate(..., protocol="paper")`` / ``distilldift eval --protocol paper``.
     """
 
     name: str
@@ -161,6 +214,7 @@ class Variant:
     description: str = ""
     license: str = ""
     recipe: str = ""
+    paper_protocol: PaperProtocol = field(default_factory=PaperProtocol)
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -193,6 +247,8 @@ class Variant:
             d["lora"] = LoraSpec(**d["lora"])
         if d.get("release") is not None:
             d["release"] = ReleaseFile(**d["release"])
+        if isinstance(d.get("paper_protocol"), dict):
+            d["paper_protocol"] = PaperProtocol(**d["paper_protocol"])
         for key in ("layers", "mean", "std"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -207,7 +263,9 @@ _DISTILL_LICENSE = (
 )
 
 
-def _distilled(name: str, what: str, release: ReleaseFile | None, recipe: str = "") -> Variant:
+def _distilled(
+    name: str, what: str, release: ReleaseFile | None, recipe: str = "", pose_align: bool = False
+) -> Variant:
     return Variant(
         name=name,
         arch="vit_base_patch14_reg4_dinov2",
@@ -221,6 +279,7 @@ def _distilled(name: str, what: str, release: ReleaseFile | None, recipe: str = 
         description=f"DINOv2 ViT-B/14-reg + LoRA r=8 (q, v), {what}, 434x434",
         license=_DISTILL_LICENSE,
         recipe=recipe,
+        paper_protocol=PaperProtocol(pose_align=pose_align, raw_input=True),  # eval/configs/eval_distilldift_*.yaml
     )
 
 
@@ -293,12 +352,14 @@ for _v in (
         "distilled on SPair-71k pairs without keypoints (weakly supervised)",
         ReleaseFile("eval/checkpoints/distilled_ws.ckpt", "7a9e50c9f09af2d912d2ab743d3b3e702691a877"),
         "spair_ws",
+        pose_align=True,
     ),
     _distilled(
         "distilldift_s",
         "supervised fine-tuning on SPair-71k keypoints",
         ReleaseFile("eval/checkpoints/distilled_s.ckpt", "1dfef101c69eb40ccc01a1d8e16e07fbcf47097b"),
         "spair",
+        pose_align=True,
     ),
     Variant(
         name="dinov2_b14_reg",
@@ -309,6 +370,7 @@ for _v in (
         weights=_DINOV2_WEIGHTS,
         description="plain DINOv2 ViT-B/14-reg (the student before distillation), 434x434",
         license="Apache-2.0 (DINOv2)",
+        paper_protocol=PaperProtocol(raw_input=True),  # the paper's DINOv2 B/14 row at 434
     ),
     Variant(
         name="lite",

@@ -63,6 +63,8 @@ class PairDataset:
         index_base: the pixel index of the annotation files' first pixel, which the reader subtracted (1: MATLAB's
             1-based PF-WILLOW / PF-PASCAL; 0 elsewhere). The authors' evaluation uses the files' own values, so
             ``protocol="paper"`` adds it back.
+        paper_program: which of the authors' programs evaluated this benchmark in the paper, for
+            ``protocol="paper"``: ``"eval/eval.py"`` (SPair-71k, PF-PASCAL) or ``"train/eval.py"`` (PF-WILLOW, CUB).
     """
 
     name: str
@@ -71,6 +73,7 @@ class PairDataset:
     left_right: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     protocol: str = ""
     index_base: int = 0
+    paper_program: str = "eval/eval.py"
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -123,4 +123,5 @@ def read_cub(
             + (f", less {skipped} with fewer than {min_points} parts visible in both" if skipped else "")
             + "; parts visible in both; PCK_bbox threshold: alpha * max side of the target bird's box"
         ),
+        paper_program="train/eval.py",
     )

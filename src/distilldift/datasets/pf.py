@@ -126,6 +126,7 @@ def read_pf_willow(root: str | Path, split: str = "test") -> PairDataset:
         pairs=pairs,
         protocol=f"PF-WILLOW ({table.name}); PCK_bbox threshold: alpha * max side of the target keypoints' box",
         index_base=1,
+        paper_program="train/eval.py",
     )
 
 
