@@ -1,4 +1,4 @@
-"""PCK on PF-WILLOW under distilldift's default protocol and the authors' (``protocol="paper"``), with the steps between.
+"""PCK on PF-WILLOW under distilldift's default protocol and the authors' (``protocol="paper"``), step by step.
 
 PF-WILLOW's program in the paper is the authors' ``train/eval.py``: a stretched square input, the best pixel of the
 target's upsampled similarity for the keypoint rounded to a pixel, float16 coordinates. distilldift's default keeps
