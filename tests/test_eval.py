@@ -322,10 +322,11 @@ def test_real_pf_willow_pretrained_far_above_random(lite_model):
 
 @requires_shared
 def test_real_pf_willow_full_benchmark_is_unchanged(lite_model):
-    """All 900 pairs, as recorded in BENCHMARKS.md (bbox@0.1 0.535, img@0.1 0.657 with ``soft``)."""
+    """All 900 pairs, as recorded in BENCHMARKS.md (bbox@0.1 0.531, img@0.1 0.656 with ``soft``; 0.535 / 0.657
+    before ``soft`` removed its own drift toward cell centres)."""
     r = evaluate(read_pf_willow(PF_WILLOW), lite_model, progress=False)
-    assert r.per_point["bbox"][0.1] == pytest.approx(0.535, abs=0.004)
-    assert r.per_point["img"][0.1] == pytest.approx(0.657, abs=0.004)
+    assert r.per_point["bbox"][0.1] == pytest.approx(0.531, abs=0.004)
+    assert r.per_point["img"][0.1] == pytest.approx(0.656, abs=0.004)
 
 
 @requires_shared

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import DistillDiftError, InvalidInputError
-from .files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES
+from .files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES, write_failure
 from .variants import DEFAULT_VARIANT, EVAL_PROTOCOLS, PRECISION_CHOICES, RESIZE_MODES
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app = typer.Typer(
     help="Semantic correspondence with DistillDIFT: match points between images of different objects of the same kind.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help text is printed as written: "[x, y]" and "[demo]" stay
     pretty_exceptions_enable=False,
 )
 console = Console(markup=False, highlight=False)  # user text (paths, names) is printed as written
@@ -61,6 +62,19 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except DistillDiftError as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # (typer would turn it into a silent exit 130)
+            err_console.print("interrupted: nothing half-written was left (outputs are written whole)", highlight=False)
+            raise typer.Exit(130) from None
+        except OSError as e:  # a folder that cannot be made or written (read-only, immutable, full disk)
+            if write_failure(e) is None:
+                raise
+            where = f"{e.filename!r}: " if e.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] cannot write {escape(where)}{escape(e.strerror or str(e))}",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
 
     return wrapper
@@ -101,7 +115,10 @@ def _collect_points(values, points_file, grid: int, first_image) -> list[list[fl
     if values and not pts:
         raise InvalidInputError("--points was given but holds no point; write x,y (pixels), e.g. --points 120,80")
     if points_file is not None:
-        pts += _read_points_file(points_file)
+        from_file = _read_points_file(points_file)
+        if not from_file:
+            raise InvalidInputError(f"points file {str(points_file)!r} holds no point; write a list of [x, y]")
+        pts += from_file
     if not pts:
         img = first_image()
         pts = _grid_points(img.shape[-1], img.shape[-2], grid)
@@ -122,19 +139,29 @@ def _load(model: str, device: str | None, precision: PrecisionChoice | None = No
 
 
 def _check_outputs(
-    device: str | None, *outputs: tuple[Path | None, tuple[str, ...] | None, str], method: str | None = None
+    device: str | None,
+    *outputs: tuple[Path | None, tuple[str, ...] | None, str],
+    method: str | None = None,
+    inputs: tuple[tuple[str, Path | None], ...] = (),
 ) -> None:
-    """Check the device, the method and every output path before any work (a typo fails in a second)."""
-    from .files import check_output
+    """Check the device, the method and every output path before any work (a typo fails in a second); no output
+    may be an input (or hold one, or be another output)."""
+    from .files import check_distinct, check_output
     from .loading import check_device
     from .matching import list_localizers
 
     check_device(device)
     if method is not None and method not in list_localizers():
         raise InvalidInputError(f"--method {method!r}: choose one of {', '.join(list_localizers())}")
+    check_distinct([(what, path) for path, _, what in outputs], inputs)
     for path, suffixes, what in outputs:
-        if path is not None:
+        if path is not None and suffixes != "folder":
             check_output(path, suffixes, what)
+
+
+def _as_path(value: str | None) -> Path | None:
+    """A command-line value naming a model / recipe / init: a path when it is one, else ``None`` (a name)."""
+    return Path(value) if value is not None and Path(value).exists() else None
 
 
 MethodOpt = Annotated[
@@ -203,6 +230,7 @@ def match(
         (json_out, (".json",), "--json"),
         (heatmap, formats, "--heatmap"),
         method=method,
+        inputs=(("IMAGE1", image1), ("IMAGE2", image2), ("--points-file", points_file), ("--model", _as_path(model))),
     )
     a, b = load_image(image1), load_image(image2)
     pts = as_points(_collect_points(points, points_file, grid, lambda: a))
@@ -308,6 +336,8 @@ def extract(
     from .store import FEATURE_DTYPES, extract_to_folder, list_images
 
     resize_arg = resize.value if resize else None
+    sources_in = tuple(("the source", p) for p in sources)
+    _check_outputs(None, (out, "folder", "--out"), inputs=(*sources_in, ("--model", _as_path(model))))
     if out.suffix and out.suffix.lower() != ".safetensors" and not out.is_dir():
         raise InvalidInputError(
             f"--out {str(out)!r}: give a folder (features in shards + index.json) or a .safetensors file"
@@ -317,21 +347,29 @@ def extract(
             device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
         _check_outputs(device)
         net = _load(model, device, precision, compile)
-        r = extract_to_folder(
-            sources,
-            out,
-            net,
-            model_name=model,
-            size=size,
-            resize=resize_arg,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            decoders=decoders,
-            workers=workers,
-            dtype=dtype.value,
-            skip_bad=skip_bad,
-            progress=True,
-        )
+        try:
+            r = extract_to_folder(
+                sources,
+                out,
+                net,
+                model_name=model,
+                size=size,
+                resize=resize_arg,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                decoders=decoders,
+                workers=workers,
+                dtype=dtype.value,
+                skip_bad=skip_bad,
+                progress=True,
+            )
+        except KeyboardInterrupt:
+            err_console.print(
+                f"interrupted: the finished shards in {escape(str(out))} are kept; rerun the same command to resume",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
         if r.processes > 1:  # torchrun: each process says its share
             console.print(
                 f"process {r.process} of {r.processes}: {r.written} shards written, {r.done_before} were done before"
@@ -385,7 +423,13 @@ def track(
     from .video import TRACK_FORMATS, track_video
     from .viz import VIDEO_FORMATS, render_tracks
 
-    _check_outputs(device, (out, TRACK_FORMATS, "--out"), (render, VIDEO_FORMATS, "--render"), method=method)
+    _check_outputs(
+        device,
+        (out, TRACK_FORMATS, "--out"),
+        (render, VIDEO_FORMATS, "--render"),
+        method=method,
+        inputs=(("VIDEO", video), ("--points-file", points_file), ("--model", _as_path(model))),
+    )
     pts = _collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
     net = _load(model, device, precision, compile)
     start = time.perf_counter()
@@ -402,8 +446,9 @@ def track(
     )
     elapsed = time.perf_counter() - start
     frames = len(tracks)
+    of = f" (of the {tracks.frames_declared} the file declares)" if (tracks.frames_declared or 0) > frames else ""
     console.print(
-        f"tracked {len(tracks.query)} points through {frames} frames in {elapsed:.1f} s: "
+        f"tracked {len(tracks.query)} points through {frames} frames{of} in {elapsed:.1f} s: "
         f"{frames / elapsed:.1f} FPS ({tracks.visible.float().mean():.0%} visible)"
     )
     if out is not None:
@@ -457,7 +502,12 @@ def eval_(
     from .datasets import TRACKING_DATASETS, read_dataset
     from .evaluation import evaluate, save_result
 
-    _check_outputs(device, (out, (".json",), "--out"), method=method or "soft")
+    _check_outputs(
+        device,
+        (out, (".json",), "--out"),
+        method=method or "soft",
+        inputs=(("--root", root), ("--model", _as_path(model))),
+    )
     if dataset in TRACKING_DATASETS:
         load = functools.partial(_load, model, device, precision, compile)
         _eval_tracking(dataset, root, model, load, method or "soft", size, query, resolution, limit, out)
@@ -546,14 +596,15 @@ def export_model(
         tuple[int, int] | None,
         typer.Option(help="H W of the example input (default: the variant's size, square).", show_default=False),
     ] = None,
-    dynamic: Annotated[bool, typer.Option(help="--dynamic: any batch, height, width; --static: only --size.")] = True,
+    dynamic: Annotated[
+        bool, typer.Option("--dynamic/--static", help="--dynamic: any batch, height, width; --static: only --size.")
+    ] = True,
     check: Annotated[bool, typer.Option(help="Compare with the PyTorch model in ONNX Runtime at two sizes.")] = True,
 ) -> None:
     """Export the dense feature extractor (normalised images -> feature maps) for ONNX Runtime / TensorRT."""
     from .export import check_onnx, export_onnx
-    from .files import check_output
 
-    check_output(out, EXPORT_FORMATS[format.value], "--out")
+    _check_outputs(None, (out, EXPORT_FORMATS[format.value], "--out"), inputs=(("--model", _as_path(model)),))
     net = _load(model, "cpu")
     path = export_onnx(net, out, size=size, dynamic=dynamic)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; input 'images' (B, 3, H, W), output 'features')")
@@ -592,8 +643,8 @@ def demo(
     from .demo.app import launch
 
     _check_outputs(device)
-    console.print(f"distilldift demo: model {model} (loaded at the first click); Ctrl+C stops it")
-    launch(model, host=host, port=port, share=share == YesNo.yes, device=device)
+    console.print(f"distilldift demo: model {model}; Ctrl+C stops it")
+    launch(model, host=host, port=port, share=share == YesNo.yes, device=device, log=console.print)
 
 
 @app.command(context_settings={"allow_extra_args": True})
@@ -630,6 +681,11 @@ def train(
             f"unexpected argument(s) {stray or extra}: recipe settings are key=value after --override "
             "(e.g. --override steps=100 lr=1e-3); see `distilldift train --help`"
         )
+    _check_outputs(
+        None,
+        (out, "folder", "--out"),
+        inputs=(("--data", data), ("--recipe", _as_path(recipe)), ("--init", _as_path(init))),
+    )
     config = apply_overrides(load_recipe(recipe), [*(override or []), *extra])
     if init is not None:
         config = apply_overrides(config, {"student_init": init})
@@ -687,6 +743,11 @@ def convert(
     """Convert an authors' checkpoint into a distilldift model folder (exact same features)."""
     from .convert import convert_checkpoint, read_conversion
 
+    _check_outputs(
+        None,
+        (out, "folder", "--out"),
+        inputs=(("CHECKPOINT", checkpoint), ("--base", base), ("--variant", _as_path(variant))),
+    )
     folder = convert_checkpoint(
         checkpoint, out, variant=_variant_arg(variant), base=base, self_contained=self_contained, overwrite=overwrite
     )

@@ -32,9 +32,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from .errors import CheckpointError, InvalidInputError, OutputError, WeightsNotFoundError, torch_load_reason
 from .factory import base_weights_file, build_model
-from .files import readable_by_others
+from .files import check_distinct, readable_by_others
 from .hub import base_state_dict, save_pretrained
 from .variants import DEFAULT_VARIANT, Variant, get_variant
 
@@ -62,8 +62,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - truncated zips, bad pickles, disallowed globals ...
         raise CheckpointError(
             f"cannot read checkpoint {str(p)!r}: corrupt, truncated, or not a plain tensor checkpoint "
-            f"(only tensors are loaded, with weights_only=True): {e}"
-        ) from e
+            f"(only tensors are loaded, with weights_only=True): {torch_load_reason(e)}"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict) and len(sd) <= 3:
             sd = sd[wrapper]
@@ -218,6 +218,7 @@ def convert_checkpoint(
         ``convert_checkpoint("distilled_us.ckpt", "distilldift_us")`` then ``load_model("distilldift_us")``
         (the folder) gives the authors' features exactly.
     """
+    check_distinct([("out", out)], [("checkpoint", checkpoint), ("base", base)])
     v = variant if isinstance(variant, Variant) else get_variant(variant)
     if v.lora is None or not v.lora.qv_only:
         raise InvalidInputError(f"variant {v.name!r} has no q/v LoRA adapter; pick one of the distilldift_* variants")
@@ -270,8 +271,11 @@ def convert_checkpoint(
             f"{len(changed)} base tensors differ from {base_source} (e.g. {changed[0]}): saving them too", stacklevel=2
         )
     model.variant = v.replace(weights=None if keep_base else base_source, adapter=None, release=None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
     report = {
         "checkpoint": Path(checkpoint).name,
         "lora_blocks": sorted(lora),

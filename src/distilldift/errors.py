@@ -21,6 +21,9 @@ __all__ = [
     "VideoError",
     "DatasetError",
     "MissingDependencyError",
+    "OutputError",
+    "TrainingDivergedError",
+    "torch_load_reason",
 ]
 
 
@@ -87,3 +90,39 @@ class DatasetError(InvalidInputError):
 
 class MissingDependencyError(DistillDiftError, ImportError):
     """An optional dependency is not installed; the message names the ``pip install`` that adds it."""
+
+
+class TrainingDivergedError(DistillDiftError, ArithmeticError):
+    """A training step gave a non-finite loss, gradient or weight; the message names the step and the loss term, and
+    the last checkpoint (written before it) is kept for ``--resume``."""
+
+
+class OutputError(DistillDiftError, OSError):
+    """An output could not be written (a read-only or immutable folder, a full disk); the message names the path
+    and the system's reason. Nothing partial is left at the path."""
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """The part of a ``torch.load`` failure a user can act on, in one line.
+
+    torch's messages run over several paragraphs, ask to file issues, and for a refused pickle suggest
+    ``weights_only=False`` (which would run the file's code): that advice is dropped.
+
+    Example:
+        >>> torch_load_reason(RuntimeError("PytorchStreamReader failed reading zip archive: not a ZIP archive. "
+        ...                                "This is an internal miniz error. If you are seeing this error ..."))
+        'PytorchStreamReader failed reading zip archive: not a ZIP archive'
+        >>> torch_load_reason(Exception("Weights only load failed. In PyTorch 2.6 ...\\n\\nTrying to load unsupported "
+        ...                             "GLOBAL posix.system whose module posix is blocked.\\n\\nCheck the docs"))
+        'the file asks for the Python object posix.system (refused: only tensors are read)'
+    """
+    import re
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"[Uu]nsupported global: (?:GLOBAL )?([\w.]+)", text)
+    if found:
+        return f"the file asks for the Python object {found.group(1)} (refused: only tensors are read)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    for tail in (". This is an internal", " This is an internal", ". If you are seeing", " Please file an issue"):
+        first = first.split(tail)[0]
+    return first.rstrip(".")

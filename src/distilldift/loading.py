@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from huggingface_hub import try_to_load_from_cache
 
+from .download import check_cache_dir
 from .errors import InvalidInputError, UnknownVariantError, WeightsNotFoundError
 from .factory import build_model, folder_getter, hub_getter, load_folder, read_config, split_revision
 from .layout import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME
@@ -133,6 +134,8 @@ def weight_sources(name: str | Variant, *, cache_dir: str | os.PathLike | None =
         'none'
     """
     v = name if isinstance(name, Variant) else get_variant(name)
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)
     if v.lora is None:
         return [WeightSource("base", v.weights or "random initialisation", _base_cached(v.weights, cache_dir))]
     sources = []
@@ -226,7 +229,8 @@ def _load_registered(
     mirror = f"; or set {MIRROR_ENV} to a server holding {v.release.path}" if urls else ""
     raise WeightsNotFoundError(
         f"cannot get the weights of {v.name!r}; tried {' '.join(failures)}. Check the network{mirror}; "
-        + _no_weights_fix(v)
+        f"to work offline, fill the cache once with `distilldift download {v.name}` where there is network, then set "
+        "HF_HUB_OFFLINE=1; or " + _no_weights_fix(v)
     )
 
 

@@ -237,7 +237,38 @@ class DistillDiftModel(nn.Module):
         size = self.variant.input_size if size is None else size
         resize = self.variant.resize if resize is None else resize
         w, h = input_size_for(image_size, size, resize, self.size_multiple)
+        self._check_fits(w, h, size)
         return GridGeometry(image_size=image_size, input_size=(w, h), grid_size=(w // self.stride, h // self.stride))
+
+    def memory_needed(self, width: int, height: int) -> int:
+        """Rough bytes one ``width x height`` input needs in a forward pass (image copies and activations; used to
+        refuse sizes that cannot fit before anything is allocated).
+
+        Example:
+            >>> from distilldift import create_model
+            >>> m = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
+            >>> m.memory_needed(434, 434) < m.memory_needed(868, 868) == 4 * m.memory_needed(434, 434)
+            True
+        """
+        width_of_tokens = getattr(self.timm_model, "embed_dim", None)
+        per_pixel = 9 + (8 * width_of_tokens / (self.stride * self.stride) if width_of_tokens else 64)
+        return int(4 * per_pixel * width * height)
+
+    def _check_fits(self, w: int, h: int, size: int | None) -> None:
+        need = self.memory_needed(w, h)
+        device = next(self.parameters()).device
+        if device.type == "cuda":
+            limit, where = torch.cuda.get_device_properties(device).total_memory, f"the GPU {device}"
+        else:
+            import os
+
+            limit, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+        if need > limit:
+            fits = int((size or max(w, h)) * (limit / need) ** 0.5) // self.size_multiple * self.size_multiple
+            raise InvalidInputError(
+                f"size {size}: a {w}x{h} input needs about {need / 1e9:.0f} GB, more than the {limit / 1e9:.0f} GB "
+                f"of {where}; the largest size that fits is about {fits}"
+            )
 
     def prepare(
         self,

@@ -26,7 +26,7 @@ import torch
 
 from .errors import CheckpointError, DistillDiftError, ImageLoadError, InvalidInputError, UnknownImageError
 from .features import FeatureMap, resolve_model, run_concurrently, run_prepared, save_features
-from .files import FEATURE_DTYPE_NAMES, atomic_path
+from .files import FEATURE_DTYPE_NAMES, atomic_path, check_distinct
 from .images import IMAGE_SUFFIXES, GridGeometry, load_image
 from .model import DistillDiftModel
 from .progress import ProgressBar
@@ -268,6 +268,8 @@ def extract_to_folder(
         >>> tuple(store["2.png"].features.shape), store["2.png"].geometry.image_size
         ((32, 4, 4), (60, 40))
     """
+    given = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    check_distinct([("out", out)], [("source", s) for s in given if isinstance(s, (str, os.PathLike))])
     model = resolve_model(model)
     gpu = next(model.parameters()).device.type != "cpu"
     if batch_size is None:

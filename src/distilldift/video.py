@@ -8,6 +8,7 @@ them), and only a few batches are held at a time: memory stays flat however long
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ class Tracks:
         query_frame: index of the frame the points were placed on.
         fps: the video's frame rate, if known.
         image_size: ``(W, H)`` of the frames.
+        frames_declared: how many frames the video file says it holds (``None``: not a file, or not said); more
+            than ``len(tracks)`` means the file is truncated or corrupt and only its first frames were decoded.
     """
 
     points: torch.Tensor
@@ -56,6 +59,7 @@ class Tracks:
     query_frame: int
     fps: float | None
     image_size: tuple[int, int]
+    frames_declared: int | None = None
 
     def __len__(self) -> int:
         return self.points.shape[0]
@@ -66,6 +70,8 @@ class Tracks:
             "coordinates": "pixel (x, y), origin at the centre of the top-left pixel",
             "image_size": list(self.image_size),
             "fps": self.fps,
+            "frames": len(self),
+            "frames_declared": self.frames_declared,
             "query_frame": self.query_frame,
             "query": self.query.tolist(),
             "points": self.points.tolist(),
@@ -268,6 +274,13 @@ def track_video(
         bar.stop()
     if query_frame >= len(out_pts):
         raise InvalidInputError(f"query_frame {query_frame} is out of range: the video has {len(out_pts)} frames")
+    declared = source.length if source.kind == "file" else None
+    if declared is not None and len(out_pts) < declared:
+        warnings.warn(
+            f"{str(video)!r}: decoded {len(out_pts)} of the {declared} frames the file declares (truncated or "
+            f"corrupt); the tracks cover the first {len(out_pts)}",
+            stacklevel=2,
+        )
     return Tracks(
         points=torch.stack(out_pts),
         scores=torch.stack(out_scores),
@@ -276,4 +289,5 @@ def track_video(
         query_frame=query_frame,
         fps=source.fps,
         image_size=image_size,
+        frames_declared=declared,
     )

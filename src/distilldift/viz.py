@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import InvalidInputError, MissingDependencyError, ShapeError
-from .files import atomic_path, check_output
+from .files import atomic_path, check_distinct, check_output
 from .images import ImageInput, as_points, load_image
 
 __all__ = [
@@ -71,6 +71,13 @@ def heat_colours(values: torch.Tensor) -> torch.Tensor:
     return anchors[lo] * (1 - frac) + anchors[lo + 1] * frac
 
 
+def _refuse_inputs(out, **inputs) -> None:
+    """An output that is one of the input files (given as paths) is refused before any drawing."""
+    if out is not None:
+        paths = [(name, value) for name, value in inputs.items() if isinstance(value, (str, os.PathLike))]
+        check_distinct([("out", out)], paths)
+
+
 def draw_heatmap(
     image: ImageInput,
     heat: torch.Tensor,
@@ -108,6 +115,7 @@ def draw_heatmap(
         >>> im.size, im.getpixel((20, 10)), im.getpixel((0, 0))  # hottest: red, coldest: dark blue
         ((60, 40), (217, 26, 13), (13, 8, 64))
     """
+    _refuse_inputs(out, image=image)
     img = load_image(image)
     h, w = img.shape[-2:]
     heat = torch.as_tensor(heat).detach().float().cpu()
@@ -164,6 +172,7 @@ def draw_heatmap_rows(
         >>> im.size
         (156, 120)
     """
+    _refuse_inputs(out, img1=img1, img2=img2)
     q, p = as_points(query, "query"), as_points(points, "points")
     heats = torch.as_tensor(heats)
     if q.shape != p.shape or heats.ndim != 3 or heats.shape[0] != q.shape[0]:
@@ -237,6 +246,7 @@ def draw_matches(
         >>> im.size
         (260, 100)
     """
+    _refuse_inputs(out, img1=img1, img2=img2)
     a, b = to_pil(img1), to_pil(img2)
     p1, p2 = as_points(points1, "points1"), as_points(points2, "points2")
     if p1.shape != p2.shape:
@@ -302,6 +312,7 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
 
     Frames are streamed: memory stays flat. ``trail``: number of past frames shown. Returns the output path.
     """
+    _refuse_inputs(out, video=video)
     try:
         import av
     except ImportError:

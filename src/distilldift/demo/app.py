@@ -14,7 +14,7 @@ try:  # an optional extra; build_app says how to install it
 except ImportError:  # pragma: no cover - tested by the message
     gr = None
 
-from ..errors import DistillDiftError, MissingDependencyError
+from ..errors import DistillDiftError, InvalidInputError, MissingDependencyError
 from ..images import load_image
 from ..matching import list_localizers
 from ..variants import DEFAULT_VARIANT, RESIZE_MODES, list_variants
@@ -219,22 +219,56 @@ def launch(
     share: bool = False,
     device: str | None = None,
     block: bool = True,
+    log=None,
 ):
     """Build and start the demo on ``http://host:port`` (127.0.0.1 by default; ``share=True``: a public Gradio link).
 
-    ``block=False`` returns the running ``gradio.Blocks`` (call ``.close()``). Returns it after the server stops
-    otherwise.
+    The model is loaded and the address checked before the server starts: a model that does not load, a host that
+    is not an address of this machine and a busy port are one-line errors. ``block=False`` returns the running
+    ``gradio.Blocks`` (call ``.close()``); otherwise it returns after the server stops. ``log`` prints the address.
     """
+    check_address(host, port)
     session = DemoSession(device=device)
+    session.model(model)  # a wrong name or missing weights fail now, not at the first click
     demo = build_app(model, session=session)
     demo.queue().launch(
         server_name=host,
         server_port=port,
         share=share,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         inbrowser=False,
         ssr_mode=False,
-        quiet=not block,
+        quiet=True,  # Gradio's own lines name its Python arguments; ours name the command's options
         allowed_paths=[str(session.workdir)],
     )
+    if log is not None:
+        log(
+            f"running on {demo.local_url}"
+            + (f" and {demo.share_url}" if demo.share_url else " (--share yes: a public link)")
+        )
+    if block:
+        demo.block_thread()
     return demo
+
+
+def check_address(host: str, port: int | None) -> None:
+    """Can the demo listen on ``host`` (and ``port``, when given)? One-line errors naming ``--host`` / ``--port``."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise InvalidInputError(
+            f"--host {host!r}: not an address here ({e.strerror}); use 127.0.0.1, 0.0.0.0 (every interface) or an "
+            "address of this machine"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: only a listening port clashes
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InvalidInputError(f"port {port} on {host} is in use; choose another with --port") from None
+            raise InvalidInputError(f"--host {host!r} --port {port}: cannot listen there ({e.strerror})") from None

@@ -161,7 +161,14 @@ def load_recipe(name_or_path: str) -> TrainConfig:
     """A shipped recipe by name (``coco``, ``tiny``) or a JSON file; unknown keys are an error."""
     path = Path(name_or_path)
     if path.suffix == ".json" and path.exists():
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidInputError(f"recipe file {str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidInputError(
+                f"recipe file {str(path)!r} must hold a JSON object of settings, got {type(data).__name__}"
+            )
     elif name_or_path in list_recipes():
         data = json.loads(resources.files(__package__).joinpath("configs", f"{name_or_path}.json").read_text())
     else:

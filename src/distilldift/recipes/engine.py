@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, TrainingDivergedError, torch_load_reason
 from ..factory import build_model
 from ..files import atomic_path
 from ..loading import load_model
@@ -99,10 +99,11 @@ def _check_run_folder(out: Path, config: TrainConfig, *, resume: bool, overwrite
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - truncated or foreign files
             raise InvalidInputError(
-                f"--resume: cannot read {str(ckpt_path)!r} ({e}); start again with --overwrite"
+                f"--resume: cannot read {str(ckpt_path)!r} ({torch_load_reason(e)}); start again with --overwrite"
             ) from None
         saved, now = dict(ckpt["config"]), config.to_dict()
-        free = ("steps", "checkpoint_every")  # may change on resume: neither changes what a step computes
+        # may change on resume: steps and checkpoint_every change no step; lr, to continue a diverged run more gently
+        free = ("steps", "checkpoint_every", "lr")
         changed = sorted(k for k, v in now.items() if saved.get(k) != v and k not in free)
         if changed:
             raise InvalidInputError(f"--resume: the checkpoint was written with other settings: {changed}")
@@ -169,6 +170,37 @@ def _trim_log(path: Path, step: int) -> None:
     ]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _check_finite(step: int, terms: dict, trainable: dict, when: str, ckpt_path: Path) -> None:
+    """Stop at the first non-finite loss term or gradient (``when="before"`` the update) or weight (``"after"``),
+    the same decision in every process; the checkpoint file (the last good state) is left as it is."""
+    if when == "before":
+        bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
+        grads = [p.grad for p in trainable.values() if p.grad is not None]
+        ok = not bad and all(torch.isfinite(g).all() for g in grads)
+    else:
+        bad, ok = [], all(torch.isfinite(p.detach()).all() for p in trainable.values())
+    flag = torch.tensor([1.0 if ok else 0.0], device=next(iter(trainable.values())).device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    if flag.item() == 1.0:
+        return
+    if bad:
+        what = ("the loss term " if len(bad) == 1 else "the loss terms ") + ", ".join(
+            f"{k} = {terms[k].item()}" for k in bad
+        )
+    elif when == "before":
+        what = "a gradient (the loss was finite)"
+    else:
+        what = "the weights after the update"
+    what += " is not finite" if len(bad) <= 1 else " are not finite"
+    kept = f"the last checkpoint, {str(ckpt_path)!r}, is kept" if ckpt_path.exists() else "no checkpoint was written"
+    raise TrainingDivergedError(
+        f"training diverged at step {step + 1}: {what}; {kept} and no model folder was written. Lower the learning "
+        "rate and continue: --resume --override lr=...; if it diverges again (the checkpoint may already hold the "
+        "blow-up), start again with --overwrite and a lower lr"
+    )
 
 
 def run_training(
@@ -238,6 +270,13 @@ def run_training(
                 b.copy_(ckpt["buffers"][n])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        factor = config.lr / ckpt["config"]["lr"]
+        if factor != 1.0:  # continued with another learning rate (e.g. after a diverged step): rescale the schedule
+            for group in opt.param_groups:
+                group["lr"] *= factor
+                group["initial_lr"] *= factor
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            log(f"learning rate {ckpt['config']['lr']:g} -> {config.lr:g} from step {ckpt['step']}")
         torch.set_rng_state(ckpt["rng"])
         start = ckpt["step"]
         if rank == 0:
@@ -264,7 +303,9 @@ def run_training(
                 loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _check_finite(step, terms, trainable, "before", ckpt_path)
             opt.step()
+            _check_finite(step, terms, trainable, "after", ckpt_path)
             sched.step()
             if log_file is not None:
                 record = {"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..files import check_distinct
 from .config import TrainConfig
 from .engine import run_training
 from .objectives import make_objective
@@ -46,5 +47,6 @@ def train(
     Returns:
         The ``model/`` folder.
     """
+    check_distinct([("out", out)], [("data", data)])
     objective = make_objective(config)
     return run_training(config, objective, data, out, resume=resume, overwrite=overwrite, recipe=recipe, log=log)
