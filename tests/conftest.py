@@ -38,6 +38,20 @@ PF_WILLOW = SHARED / "data" / "pf-willow"
 requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is not present")
 
 TINY = dict(embed_dim=64, depth=2, num_heads=2)
+# a training run in seconds: a 1-block ViT student on 112 px images, the recipe's lite teacher
+TRAIN_MICRO = [
+    'student="dinov2_b14_reg"',
+    'student_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 112}',
+    "image_size=112",
+    "copies=2",
+    "k=2",
+    "batch_size=4",
+    "steps=6",
+    "checkpoint_every=3",
+    "cache_batch_size=4",
+    "hint_weight=0",  # hints need an EfficientNet student; this ViT trains on the paper's loss from step 0
+    "distill_start=0",
+]
 OFFICIAL = SHARED / "fixtures" / "official-parity"
 # the authors' parity fixture's tiny DINOv2-with-registers: hub dinov2_vitb14_reg with small sizes (fixture README)
 OFFICIAL_TINY_KW = dict(

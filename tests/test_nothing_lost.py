@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import OFFICIAL, OFFICIAL_TINY, requires_shared, run_here
+from conftest import OFFICIAL, OFFICIAL_TINY, TRAIN_MICRO, requires_shared, run_here
 from distilldift import CheckpointError, InvalidInputError, load_model
 from distilldift.errors import TrainingDivergedError
 from distilldift.recipes import distill as distill_module
@@ -283,19 +283,7 @@ def test_a_truncated_video_says_how_many_frames_were_decoded(tmp_path, lite_fold
     assert f"through {record['frames']} frames (of the 40 the file declares)" in " ".join(r.stdout.split())
 
 
-MICRO = [
-    'student="dinov2_b14_reg"',
-    'student_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 112}',
-    "image_size=112",
-    "copies=2",
-    "k=2",
-    "batch_size=4",
-    "steps=6",
-    "checkpoint_every=2",
-    "cache_batch_size=4",
-    "hint_weight=0",
-    "distill_start=0",
-]
+MICRO = [*TRAIN_MICRO, "checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import SHARED, requires_shared
+from conftest import SHARED, TRAIN_MICRO, requires_shared
 from distilldift import InvalidInputError
 from distilldift.recipes import distill as distill_module
 from distilldift.recipes import trainer as trainer_module
 from distilldift.recipes.config import apply_overrides, list_recipes, load_recipe
 
-MICRO = [
-    'student="dinov2_b14_reg"',
-    'student_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 112}',
-    "image_size=112",
-    "copies=2",
-    "k=2",
-    "batch_size=4",
-    "steps=6",
-    "checkpoint_every=3",
-    "cache_batch_size=4",
-    "hint_weight=0",  # hints need an EfficientNet student; this ViT trains on the paper's loss from step 0
-    "distill_start=0",
-]
+MICRO = TRAIN_MICRO
 
 
 @pytest.fixture(scope="module")
