@@ -290,7 +290,7 @@ def test_demo_video_tab_in_a_real_browser(page, tmp_path):
     _wait_text(page, "#status", "frame 0: click the points")
     _click(page, "#frame", 80, 48)
     _click(page, "#frame", 120, 30)
-    page.wait_for_timeout(1500)  # both clicks handled
+    _wait_text(page, "#status", "2 point(s) on frame 0")  # both clicks handled
     page.click("#track")
     _wait_text(page, "#status", "tracked 2 point(s)", timeout=120_000)
     page.wait_for_selector("#tracked video")

@@ -137,13 +137,16 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
 
     def on_frame_click(video, index, points, evt: gr.SelectData):
         if video is None:
-            return gr.update(), points
+            return gr.update(), points, "upload a clip first"
         points = [*points, [float(evt.index[0]), float(evt.index[1])]]
-        return session.draw_points(session.video_frame(video, int(index or 0)), points), points
+        frame = session.draw_points(session.video_frame(video, int(index or 0)), points)
+        return frame, points, f"{len(points)} point(s) on frame {int(index or 0)}: click more, or Track"
 
     def run_track(video, index, points, *opts, progress=gr.Progress()):
         if video is None:
             return None, None, "upload a clip first"
+        if not points:
+            return None, None, f"click the points to follow on frame {int(index or 0)} first"
         settings = _settings(*opts)
 
         def report(done, total):
@@ -206,7 +209,7 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
         sample_btn.click(samples, None, [source, src_state, points_state, targets, status])
         video.change(load_frame, [video, query_frame], [frame, video_points, status])
         query_frame.submit(load_frame, [video, query_frame], [frame, video_points, status])
-        frame.select(on_frame_click, [video, query_frame, video_points], [frame, video_points])
+        frame.select(on_frame_click, [video, query_frame, video_points], [frame, video_points, status])
         track_btn.click(run_track, [video, query_frame, video_points, *opts], [tracked, tracks_file, status])
     return demo
 
