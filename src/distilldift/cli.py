@@ -512,13 +512,12 @@ def eval_(
         load = functools.partial(_load, model, device, precision, compile)
         _eval_tracking(dataset, root, model, load, method or "soft", size, query, resolution, limit, out)
         return
+    clash = [f"--{k}" for k, v in dict(method=method, flip=flip, size=size, resize=resize).items() if v is not None]
+    if protocol.value == "paper" and clash:  # (the library says it too, with its keyword names, after loading)
+        raise InvalidInputError(f"--protocol paper sets the matching itself; drop {', '.join(clash)}")
     data = read_dataset(dataset, root, split)
     net = _load(model, device, precision, compile)
     flip_arg = {None: False, "no": False, "yes": True, "auto": "auto"}[flip.value if flip else None]
-    paper = protocol.value == "paper"
-    clash = [f"--{k}" for k, v in dict(method=method, flip=flip, size=size, resize=resize).items() if v is not None]
-    if paper and clash:
-        raise InvalidInputError(f"--protocol paper sets the matching itself; drop {', '.join(clash)}")
     r = evaluate(
         data,
         net,

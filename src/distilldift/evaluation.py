@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from .datasets import PairDataset
 from .errors import InvalidInputError
-from .features import Features, extract_feature_maps, resolve_model
+from .features import Features, ImageCache, extract_feature_maps, resolve_model
 from .files import atomic_path, check_output
 from .images import load_image
 from .matching import MatchSettings, flip_queries, match_features, use_mirror
@@ -84,28 +83,16 @@ class EvalResult:
         }
 
 
-class _FeatureCache:
-    """Features of each image computed once (LRU of ``size`` images), with its mirrored copy when needed."""
+def _features(model: DistillDiftModel, size: int | None, resize: str | None):
+    """``compute`` for an :class:`ImageCache` of features: one image (mirrored with ``flipped``) as a batch of one."""
 
-    def __init__(self, model: DistillDiftModel, size: int | None, resize: str | None, capacity: int):
-        self.model, self.size, self.resize, self.capacity = model, size, resize, capacity
-        self.store: OrderedDict[tuple[str, bool], Features] = OrderedDict()
-        self.computed = 0
-
-    def get(self, path: Path, flipped: bool = False) -> Features:
-        key = (str(path), flipped)
-        if key in self.store:
-            self.store.move_to_end(key)
-            return self.store[key]
+    def compute(path: Path, flipped: bool) -> Features:
         img = load_image(path)
         image = img.flip(-1) if flipped else img
-        feats, geom = extract_feature_maps(self.model, [image], size=self.size, resize=self.resize, batch_size=1)[0]
-        f = Features(feats[None], (geom,))
-        self.computed += 1
-        self.store[key] = f
-        if len(self.store) > self.capacity:
-            self.store.popitem(last=False)
-        return f
+        feats, geom = extract_feature_maps(model, [image], size=size, resize=resize, batch_size=1)[0]
+        return Features(feats[None], (geom,))
+
+    return compute
 
 
 def evaluate(
@@ -168,7 +155,7 @@ def evaluate(
     alphas = tuple(float(a) for a in alphas)
     capacity = cache_images if reuse_features else 0
     authors = PaperEvaluator(dataset, model, paper, capacity) if paper is not None else None
-    cache = _FeatureCache(model, size, resize, capacity)
+    cache = ImageCache(_features(model, size, resize), capacity)
     hits: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}  # per pair: (n_points, n_alphas) bool
     bar = None
     if progress:

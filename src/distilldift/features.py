@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from .images import GridGeometry, ImageInput, load_images
 from .model import DistillDiftModel
 
 __all__ = [
+    "ImageCache",
     "Features",
     "FeatureMap",
     "extract_features",
@@ -74,6 +75,36 @@ class FeatureMap(NamedTuple):
 
     features: torch.Tensor
     geometry: GridGeometry
+
+
+class ImageCache:
+    """Something computed once per image (and per mirroring) while cached: an LRU of ``capacity`` entries.
+
+    ``compute(path, flipped)`` makes an entry; ``computed`` counts the calls. Evaluation keeps features here.
+
+    Example:
+        >>> cache = ImageCache(lambda path, flipped: (str(path), flipped), capacity=1)
+        >>> cache.get("a.png"), cache.get("a.png"), cache.get("a.png", flipped=True), cache.computed
+        (('a.png', False), ('a.png', False), ('a.png', True), 2)
+    """
+
+    def __init__(self, compute: Callable[[Path, bool], object], capacity: int):
+        self.compute, self.capacity = compute, capacity
+        self.store: OrderedDict[tuple[str, bool], object] = OrderedDict()
+        self.computed = 0
+
+    def get(self, path: str | os.PathLike, flipped: bool = False):
+        """The entry of ``path`` (mirrored with ``flipped``), computed now if it is not cached."""
+        key = (str(path), flipped)
+        if key in self.store:
+            self.store.move_to_end(key)
+            return self.store[key]
+        value = self.compute(Path(path), flipped)
+        self.computed += 1
+        self.store[key] = value
+        if len(self.store) > self.capacity:
+            self.store.popitem(last=False)
+        return value
 
 
 def resolve_model(model: DistillDiftModel | None) -> DistillDiftModel:

@@ -29,7 +29,6 @@ keypoint never occurs in the split, it pairs keypoints by their position in the 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from PIL import Image
 
 from .datasets import Pair, PairDataset
 from .errors import InvalidInputError
+from .features import ImageCache
 from .images import GridGeometry, load_image, preprocess
 from .matching import sample_features, upsampled_similarity
 from .model import DistillDiftModel
@@ -251,25 +251,21 @@ class PaperEvaluator:
         if self.program not in PROGRAMS:
             raise InvalidInputError(f"{dataset.name}: unknown paper_program {self.program!r}; use one of {PROGRAMS}")
         self.size = input_size(model, protocol)
-        self.store: OrderedDict[tuple[str, bool], tuple[torch.Tensor, tuple[int, int]]] = OrderedDict()
-        self.computed = 0
+        self.cache = ImageCache(self._compute, capacity)
+
+    def _compute(self, path: Path, flipped: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = load_image(path)
+        features = paper_features(self.model, image, self.protocol, self.program, flipped)
+        return features, (int(image.shape[-1]), int(image.shape[-2]))
+
+    @property
+    def computed(self) -> int:
+        """How many images' features were computed."""
+        return self.cache.computed
 
     def features(self, path: Path, flipped: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(raw features, (W, H) of the image)``."""
-        key = (str(path), flipped)
-        if key in self.store:
-            self.store.move_to_end(key)
-            return self.store[key]
-        image = load_image(path)
-        value = (
-            paper_features(self.model, image, self.protocol, self.program, flipped),
-            (int(image.shape[-1]), int(image.shape[-2])),
-        )
-        self.computed += 1
-        self.store[key] = value
-        if len(self.store) > self.capacity:
-            self.store.popitem(last=False)
-        return value
+        return self.cache.get(path, flipped)
 
     def describe(self) -> str:
         """One line: the program and its settings for this model."""
