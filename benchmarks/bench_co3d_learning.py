@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from safetensors.torch import load_file  # noqa: E402
 
 from co3d_scene import write_scene  # noqa: E402
-from distilldift import load_model, match_points  # noqa: E402
+from distilldift import MatchSettings, load_model, match_points  # noqa: E402
 from distilldift.datasets.co3d import read_co3d  # noqa: E402
-from distilldift.recipes.co3d import build_co3d_labels  # noqa: E402
-from distilldift.recipes.config import apply_overrides, load_recipe  # noqa: E402
-from distilldift.recipes.trainer import train  # noqa: E402
+from distilldift.training import train  # noqa: E402
+from distilldift.training.config import apply_overrides, load_recipe  # noqa: E402
+from distilldift.training.multiview import build_co3d_labels  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
 
@@ -59,7 +59,14 @@ def pck(model, root: Path, labels: Path, cfg, size: int) -> dict[float, float]:
             if len(src) == 0:
                 continue
             pick = rng.choice(len(src), min(len(src), 100), replace=False)
-            m = match_points(frames[0].image, frame.image, src[pick], model=model, method="nn", size=size, mutual=False)
+            m = match_points(
+                frames[0].image,
+                frame.image,
+                src[pick],
+                model=model,
+                size=size,
+                settings=MatchSettings(method="nn", mutual=False),
+            )
             errors.append((m.points - tgt[pick]).norm(dim=1))
             sides.append(torch.full((len(pick),), float(max(frame.image_size))))
     e, s = torch.cat(errors), torch.cat(sides)

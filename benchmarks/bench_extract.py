@@ -27,7 +27,7 @@ import torch
 def build(size: int, batch: int, which: tuple[str, ...] = ("ours", "bare")):
     import timm
 
-    from distilldift import create_model
+    from distilldift.weights import create_model
 
     torch.manual_seed(0)
     ours = create_model("distilldift_us").merge_adapter() if "ours" in which else None  # ViT-B/14-reg + q/v LoRA

@@ -42,8 +42,9 @@ def write_photos(folder: Path, n: int) -> list[Path]:
 
 
 def main() -> None:
-    from distilldift import extract_features, extract_to_folder, load_model, save_features
-    from distilldift.features import FeatureMap
+    from distilldift import extract_features, load_model
+    from distilldift.features import extract_to_folder, save_features
+    from distilldift.features.extract import FeatureMap
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lite")

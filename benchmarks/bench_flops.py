@@ -73,8 +73,8 @@ def sdxl_pipeline(tokenizer_dir: Path):
 
 
 def main() -> None:
-    from distilldift import create_model
-    from distilldift.recipes.teachers import DiffusionTeacher, ModelTeacher
+    from distilldift.training.teachers import DiffusionTeacher, ModelTeacher
+    from distilldift.weights import create_model
 
     image = torch.rand(1, 3, 480, 640)
     with torch.device("meta"):

@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from distilldift import MatchSettings
+
 SIZES = [(320, 240), (640, 480), (1280, 960)]
 
 
@@ -38,7 +40,7 @@ def child(model_name: str, w: int, h: int, n: int, exhaustive: bool) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pts = torch.rand(n, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w - 1, h - 1])
     t0 = time.perf_counter()
-    m = match_points(cat, other, pts, model=model, exhaustive=exhaustive)
+    m = match_points(cat, other, pts, model=model, settings=MatchSettings(exhaustive=exhaustive))
     took = time.perf_counter() - t0
     grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
     return {"seconds": took, "peak_mb": grew / 1024, "points": m.points.tolist()}

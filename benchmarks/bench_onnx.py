@@ -30,8 +30,9 @@ def timed(fn, x, calls: int) -> float:
 def main() -> None:
     import onnxruntime as ort
 
-    from distilldift import create_model, load_model
-    from distilldift.export import export_onnx
+    from distilldift import load_model
+    from distilldift.export.onnx import export_onnx
+    from distilldift.weights import create_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)

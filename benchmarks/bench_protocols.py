@@ -24,7 +24,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-wil
 def main() -> None:
     from distilldift import load_model
     from distilldift.datasets import read_dataset
-    from distilldift.evaluation import evaluate
+    from distilldift.evaluation.pck import evaluate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=str(DEFAULT_ROOT))

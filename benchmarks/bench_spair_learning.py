@@ -17,18 +17,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from distilldift import load_model  # noqa: E402
+from distilldift import (
+    MatchSettings,
+    load_model,  # noqa: E402
+)
 from distilldift.datasets import read_spair  # noqa: E402
-from distilldift.evaluation import evaluate  # noqa: E402
-from distilldift.recipes.config import apply_overrides, load_recipe  # noqa: E402
-from distilldift.recipes.trainer import train  # noqa: E402
+from distilldift.evaluation.pck import evaluate  # noqa: E402
+from distilldift.training import train  # noqa: E402
+from distilldift.training.config import apply_overrides, load_recipe  # noqa: E402
 from spair_fixture import write_spair_fixture  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
 
 
 def pck(model, root: Path, size: int) -> tuple[float, float]:
-    r = evaluate(read_spair(root, "test"), model, method="nn", size=size, resize="stretch", progress=False)
+    r = evaluate(
+        read_spair(root, "test"),
+        model,
+        size=size,
+        resize="stretch",
+        progress=False,
+        settings=MatchSettings(method="nn"),
+    )
     return r.per_point["bbox"][0.1], r.per_point["img"][0.05]
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from synthetic_tracks import make_set
 
-from distilldift import load_model, track_video
+from distilldift import MatchSettings, TrackSettings, load_model, track_video
 from distilldift.datasets.tapvid import read_tapvid, write_tapvid
-from distilldift.tapvid import TrackingMetrics, evaluate_tracking, tapvid_metrics
+from distilldift.evaluation.tracking import TrackingMetrics, evaluate_tracking, tapvid_metrics
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
 
@@ -64,15 +64,23 @@ def main() -> None:
         tr = track_video(frames, q, **kw)
         rows["track_video"].append(metrics(tr.points, tr.visible))
         rows["all visible"].append(metrics(tr.points, everything))
-        old = track_video(frames, q, visible_score=None, **kw)
+        old = track_video(frames, q, settings=TrackSettings(visible_score=None), **kw)
         rows["previous default"].append(metrics(old.points, old.visible))
-        nn = track_video(frames, q, method="nn", **kw)
+        nn = track_video(frames, q, settings=TrackSettings(match=MatchSettings(method="nn")), **kw)
         rows["per-frame NN"].append(metrics(nn.points, everything))
         rows["standing still"].append(metrics(q.expand_as(gt), everything))
-    library, _ = evaluate_tracking(clips, model, size=args.size, exhaustive=args.exhaustive)
+    library, _ = evaluate_tracking(
+        clips, model, size=args.size, settings=TrackSettings(match=MatchSettings(exhaustive=args.exhaustive))
+    )
     mine = TrackingMetrics.mean(rows["track_video"])
     assert abs(library.average_jaccard - mine.average_jaccard) < 1e-6, (library, mine)
-    strided, _ = evaluate_tracking(clips, model, query_mode="strided", size=args.size, exhaustive=args.exhaustive)
+    strided, _ = evaluate_tracking(
+        clips,
+        model,
+        query_mode="strided",
+        size=args.size,
+        settings=TrackSettings(match=MatchSettings(exhaustive=args.exhaustive)),
+    )
     took = time.perf_counter() - t0
     size = args.size or "default"
     print(

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
+from distilldift import TrackSettings
+
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "apple.mp4"
 POINTS = [[455, 260], [420, 220], [500, 300], [300, 500]]
 
 
 def fps_loop(video, model) -> float:
     from distilldift import extract_features
-    from distilldift.video import iter_frames
+    from distilldift.tracking.track import iter_frames
 
     t, n = time.perf_counter(), 0
     for frame in iter_frames(video):
@@ -44,7 +46,7 @@ def fps_track(video, model, batch_size) -> float:
     from distilldift import track_video
 
     t = time.perf_counter()
-    tracks = track_video(video, POINTS, model=model, batch_size=batch_size, progress=False)
+    tracks = track_video(video, POINTS, model=model, progress=False, settings=TrackSettings(batch_size=batch_size))
     return len(tracks) / (time.perf_counter() - t)
 
 
@@ -53,7 +55,7 @@ def write_video(src, dst, repeats: int, size=(640, 360)) -> int:
     import av
     from PIL import Image
 
-    from distilldift.video import iter_frames
+    from distilldift.tracking.track import iter_frames
 
     frames = [Image.fromarray((f.permute(1, 2, 0) * 255).byte().numpy()).resize(size) for f in iter_frames(src)]
     with av.open(str(dst), "w") as c:

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 def flops(variant: str, size: int) -> float:
     """Forward FLOPs of one ``size`` x ``size`` image, counted on the ``meta`` device (CPU's fused attention kernel
     has no FLOP formula; on ``meta`` attention decomposes into counted matmuls)."""
-    from distilldift import create_model
+    from distilldift.weights import create_model
 
     with torch.device("meta"):
         model = create_model(variant).eval()
@@ -31,10 +31,11 @@ def flops(variant: str, size: int) -> float:
 
 
 def main() -> None:
-    from distilldift import create_model, load_model
-    from distilldift.recipes.cache import TeacherCache, build_teacher_cache
-    from distilldift.recipes.losses import distillation_loss
-    from distilldift.recipes.teachers import ModelTeacher
+    from distilldift import load_model
+    from distilldift.training.cache import TeacherCache, build_teacher_cache
+    from distilldift.training.losses import distillation_loss
+    from distilldift.training.teachers import ModelTeacher
+    from distilldift.weights import create_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default="lite")

@@ -33,7 +33,7 @@ PEAKS = {
 
 
 def build(quick: bool, device: str):
-    from distilldift import create_model
+    from distilldift.weights import create_model
 
     torch.manual_seed(0)
     if quick:

@@ -31,7 +31,9 @@ atexit.register(shutil.rmtree, _HUB_ROOT, True)
 atexit.register(HUB.__exit__, None, None, None)
 atexit.register(RELEASES.__exit__, None, None, None)
 
-from distilldift import LoraSpec, Variant, create_model, load_model  # noqa: E402
+from distilldift import Variant, load_model  # noqa: E402
+from distilldift.models import LoraSpec  # noqa: E402
+from distilldift.weights import create_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PF_WILLOW = SHARED / "data" / "pf-willow"
@@ -43,14 +45,14 @@ TRAIN_MICRO = [
     'student="dinov2_b14_reg"',
     'student_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 112}',
     "image_size=112",
-    "copies=2",
-    "k=2",
+    "distill.copies=2",
+    "distill.k=2",
     "batch_size=4",
     "steps=6",
     "checkpoint_every=3",
-    "cache_batch_size=4",
-    "hint_weight=0",  # hints need an EfficientNet student; this ViT trains on the paper's loss from step 0
-    "distill_start=0",
+    "distill.cache_batch_size=4",
+    "distill.hint_weight=0",  # hints need an EfficientNet student; this ViT trains on the paper's loss from step 0
+    "distill.start=0",
 ]
 OFFICIAL = SHARED / "fixtures" / "official-parity"
 # the authors' parity fixture's tiny DINOv2-with-registers: hub dinov2_vitb14_reg with small sizes (fixture README)
@@ -123,7 +125,7 @@ def cat_image():
 
 def run_here(*args, monkeypatch, capsys):
     """The CLI's entry point in this process (no interpreter start): ``(exit code, stdout, stderr)``."""
-    from distilldift import cli
+    from distilldift.cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["distilldift", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:

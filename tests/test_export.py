@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distilldift import InvalidInputError, create_model
-from distilldift.export import aa_bicubic_weights, check_onnx, export_onnx, resample_pos_embed
+from distilldift.errors import InvalidInputError
+from distilldift.export.onnx import aa_bicubic_weights, check_onnx, export_onnx, resample_pos_embed
+from distilldift.weights import create_model, save_pretrained
 
 pytest.importorskip("onnxscript", reason="ONNX export needs onnx + onnxscript: pip install 'distilldift[export]'")
 ort = pytest.importorskip("onnxruntime", reason="the parity checks need onnxruntime: pip install 'distilldift[export]'")
@@ -88,7 +89,7 @@ def test_paper_architecture_any_size(tmp_path):
 def test_cli_export(tmp_path, tiny_folder):
     from typer.testing import CliRunner
 
-    from distilldift.cli import app
+    from distilldift.cli.main import app
 
     out = tmp_path / "m.onnx"
     res = CliRunner().invoke(app, ["export", "--out", str(out), "--model", str(tiny_folder), "--size", "56", "70"])
@@ -104,7 +105,7 @@ def test_cli_export(tmp_path, tiny_folder):
 def tiny_folder(tmp_path):
     model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
     folder = tmp_path / "tiny"
-    model.save_pretrained(folder, save_base=True)
+    save_pretrained(model, folder, save_base=True)
     return folder
 
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY
-from distilldift import InvalidInputError, create_model, extract_features, load_model, match_points
+from distilldift import MatchSettings, extract_features, load_model, match_points
+from distilldift.errors import InvalidInputError
 from distilldift.samples import sample_photos
+from distilldift.weights import create_model, save_pretrained
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
@@ -35,8 +37,8 @@ def test_bf16_precision_is_applied_and_close(photos):
     assert cos.mean() > 0.999 and cos.min() > 0.99  # measured: mean 0.9995
     assert (a - b).abs().max() > 1e-3  # bf16 arithmetic really ran
     pts = torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([400.0, 250.0])
-    m32 = match_points(*photos, pts, model=fp32, method="nn")
-    m16 = match_points(*photos, pts, model=bf16, method="nn")
+    m32 = match_points(*photos, pts, model=fp32, settings=MatchSettings(method="nn"))
+    m16 = match_points(*photos, pts, model=bf16, settings=MatchSettings(method="nn"))
     assert ((m32.points - m16.points).norm(dim=1) <= 2).float().mean() >= 0.9
     with pytest.raises(InvalidInputError, match="precision 'fp16': choose one of auto, fp32, bf16"):
         load_model("lite", precision="fp16")
@@ -46,7 +48,7 @@ def test_bf16_precision_is_applied_and_close(photos):
 
 def test_compile_option_gives_the_same_features(tmp_path):
     torch.manual_seed(0)
-    create_model("distilldift_us", **TINY).save_pretrained(tmp_path, save_base=True)
+    save_pretrained(create_model("distilldift_us", **TINY), tmp_path, save_base=True)
     eager = load_model(tmp_path)
     compiled = load_model(tmp_path, compile=True)
     from torch._dynamo.utils import counters
@@ -64,8 +66,8 @@ def test_coarse_to_fine_finds_the_exhaustive_matches(photos):
     w, h = photos[0].size
     pts = torch.rand(1500, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w - 1.0, h - 1.0])  # 2 chunks
     for method in ("nn", "soft"):
-        full = match_points(*photos, pts, model=model, method=method)
-        fast = match_points(*photos, pts, model=model, method=method, exhaustive=False)
+        full = match_points(*photos, pts, model=model, settings=MatchSettings(method=method))
+        fast = match_points(*photos, pts, model=model, settings=MatchSettings(method=method, exhaustive=False))
         d = (full.points - fast.points).norm(dim=1)
         # measured (2000 points): 97.5 % (nn) / 97.8 % (soft) within 1 px; the rest are near-ties between
         # distant cells: the exhaustive search's pixel is better by at most 0.04 cosine
@@ -102,7 +104,8 @@ def test_cli_fast_options(photos, tmp_path):
 
 def test_locate_without_queries_gives_no_matches():
     from distilldift.images import GridGeometry
-    from distilldift.matching import SimilarityMap, locate
+    from distilldift.matching.search import locate
+    from distilldift.matching.similarity import SimilarityMap
 
     f = torch.nn.functional.normalize(torch.randn(8, 3, 4), dim=0)
     g = GridGeometry(image_size=(36, 27), input_size=(56, 42), grid_size=(4, 3))

@@ -5,8 +5,9 @@ import timm
 import torch
 from torch import nn
 
-from distilldift import InvalidInputError, create_model
-from distilldift.recipes.hints import HintTeacher, backbone_stages, hint_loss
+from distilldift.errors import InvalidInputError
+from distilldift.training.hints import HintTeacher, backbone_stages, hint_loss
+from distilldift.weights import create_model
 
 
 class Shift(nn.Module):

@@ -10,21 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY, randomise_adapter
-from distilldift import (
-    CheckpointError,
-    InvalidInputError,
-    LoraSpec,
-    UnknownVariantError,
-    Variant,
-    WeightsNotFoundError,
-    create_model,
-    extract_features,
-    get_variant,
-    list_variants,
-    load_model,
-    register_variant,
-)
-from distilldift.hub import base_state_dict
+from distilldift import Variant, extract_features, get_variant, list_variants, load_model, register_variant
+from distilldift.errors import CheckpointError, InvalidInputError, UnknownVariantError, WeightsNotFoundError
+from distilldift.models import LoraSpec
+from distilldift.weights import create_model, push_to_hub, save_pretrained
+from distilldift.weights.publish import base_state_dict
 
 
 @pytest.fixture
@@ -70,7 +60,7 @@ def test_new_adapter_is_identity(images):
 
 
 def test_adapter_is_qv_only(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path)
+    save_pretrained(tiny_model, tmp_path)
     sd = load_file(tmp_path / "adapter_model.safetensors")
     b = sd["base_model.model.blocks.0.attn.qkv.lora_B.weight"]
     assert b.shape == (192, 16)
@@ -82,7 +72,7 @@ def test_adapter_is_qv_only(tiny_model, tmp_path):
 
 def test_save_load_round_trip(tiny_model, images, tmp_path):
     before = feats(tiny_model, images)
-    tiny_model.save_pretrained(tmp_path / "m")
+    save_pretrained(tiny_model, tmp_path / "m")
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert files == [
         "README.md",
@@ -97,7 +87,7 @@ def test_save_load_round_trip(tiny_model, images, tmp_path):
     assert merged.merged
     assert (feats(merged, images) - before).abs().max() < 1e-5
     # a merged model saves the same adapter and base weights
-    merged.save_pretrained(tmp_path / "again")
+    save_pretrained(merged, tmp_path / "again")
     assert torch.equal(feats(load_model(tmp_path / "again", merge=False), images), before)
     # the base weights are plain timm keys: timm loads them directly
     import timm
@@ -114,7 +104,7 @@ def test_merge_is_exactly_undone_and_saving_never_touches_the_model(tmp_path):
     model.merge_adapter()
     merged = {k: v.clone() for k, v in model.state_dict().items()}
     assert any(not torch.equal(merged[k], exact[k]) for k in exact)  # merging changed the qkv weights
-    model.save_pretrained(tmp_path / "m", save_base=True)
+    save_pretrained(model, tmp_path / "m", save_base=True)
     assert model.merged and all(torch.equal(v, merged[k]) for k, v in model.state_dict().items())
     saved = load_file(tmp_path / "m" / "model.safetensors")
     qkv = exact["backbone.base_model.model.blocks.0.attn.qkv.base_layer.weight"]
@@ -131,7 +121,7 @@ def _repo(hub, prefix):
 def test_round_trip_through_hub_server_and_cache(tiny_model, images, hub):
     before = feats(tiny_model, images)
     repo_id, folder = _repo(hub, "tiny")
-    tiny_model.save_pretrained(folder)
+    save_pretrained(tiny_model, folder)
     model = load_model(repo_id, merge=False)  # HF_HOME is a temporary folder (conftest)
     assert torch.equal(feats(model, images), before)
     assert ("GET", f"/{repo_id}/resolve/main/adapter_model.safetensors") in hub.requests
@@ -192,47 +182,63 @@ def test_bad_names_and_folders(tmp_path, tiny_model):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(InvalidInputError, match="is a file"):
         load_model(tmp_path / "f.txt")
-    tiny_model.save_pretrained(tmp_path / "m")
+    save_pretrained(tiny_model, tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(WeightsNotFoundError, match="missing file 'model.safetensors' in model folder"):
         load_model(tmp_path / "m")
 
 
-def test_corrupt_and_mismatched_files(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "m")
-    good = (tmp_path / "m" / "adapter_model.safetensors").read_bytes()
-    (tmp_path / "m" / "adapter_model.safetensors").write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_model(tmp_path / "m")
-    sd = load_file(str(tmp_path / "m" / "model.safetensors"))
-    sd_extra = dict(sd, **{"extra.weight": torch.zeros(1)})
-    save_file(sd_extra, str(tmp_path / "m" / "model.safetensors"))
-    (tmp_path / "m" / "adapter_model.safetensors").write_bytes(good)
-    with pytest.raises(CheckpointError, match="extra.weight"):
-        load_model(tmp_path / "m")
-    sd_bad = dict(sd)
-    sd_bad["blocks.0.attn.proj.weight"] = torch.zeros(3, 3)
-    save_file(sd_bad, str(tmp_path / "m" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="size mismatch"):
-        load_model(tmp_path / "m")
-    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
-    adapter = load_file(str(tmp_path / "m" / "adapter_model.safetensors"))
+def _truncate_adapter(m):
+    p = m / "adapter_model.safetensors"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _edit_weights(m, change):
+    sd = load_file(str(m / "model.safetensors"))
+    change(sd)
+    save_file(sd, str(m / "model.safetensors"))
+
+
+def _edit_adapter(m):
+    adapter = load_file(str(m / "adapter_model.safetensors"))
     adapter["base_model.model.blocks.7.attn.qkv.lora_A.weight"] = torch.zeros(16, 64)
-    save_file(adapter, str(tmp_path / "m" / "adapter_model.safetensors"))
-    with pytest.raises(CheckpointError, match="unexpected keys"):
-        load_model(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
-    (tmp_path / "m" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
-    with pytest.raises(CheckpointError, match="r=4 but variant 'distilldift_us' expects 16"):
-        load_model(tmp_path / "m")
-    (tmp_path / "m" / "distilldift_config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="invalid distilldift_config.json"):
+    save_file(adapter, str(m / "adapter_model.safetensors"))
+
+
+def _edit_json(name, change):
+    def edit(m):
+        (m / name).write_text(change((m / name).read_text()))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (_truncate_adapter, "corrupt or truncated"),
+        (lambda m: _edit_weights(m, lambda sd: sd.update({"extra.weight": torch.zeros(1)})), "extra.weight"),
+        (
+            lambda m: _edit_weights(m, lambda sd: sd.update({"blocks.0.attn.proj.weight": torch.zeros(3, 3)})),
+            "size mismatch",
+        ),
+        (_edit_adapter, "unexpected keys"),
+        (
+            _edit_json("adapter_config.json", lambda text: json.dumps({**json.loads(text), "r": 4})),
+            "r=4 but variant 'distilldift_us' expects 16",
+        ),
+        (_edit_json("distilldift_config.json", lambda text: "{not json"), "invalid distilldift_config.json"),
+    ],
+)
+def test_corrupt_and_mismatched_files(tiny_model, tmp_path, corrupt, match):
+    save_pretrained(tiny_model, tmp_path / "m")
+    corrupt(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=match):
         load_model(tmp_path / "m")
 
 
 def test_save_is_atomic_and_overwrites(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path)
-    tiny_model.save_pretrained(tmp_path)
+    save_pretrained(tiny_model, tmp_path)
+    save_pretrained(tiny_model, tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
@@ -250,7 +256,7 @@ def test_register_variant_any_timm_backbone(images):
 
 def test_push_to_hub_then_load(tiny_model, images, hub):
     repo_id = f"pusher/tiny-{uuid.uuid4().hex[:8]}"
-    url = tiny_model.push_to_hub(repo_id)
+    url = push_to_hub(tiny_model, repo_id)
     assert repo_id in url
     assert sorted(p.name for p in (hub.root / repo_id).iterdir()) == [
         "README.md",
@@ -272,7 +278,7 @@ def test_registered_variant_without_hub_says_how_to_convert(hub, tmp_path):
 
 def test_a_folder_wins_over_a_variant_of_the_same_name(tiny_model, images, tmp_path, monkeypatch):
     """`distilldift convert ... --out distilldift_us` then `--model distilldift_us` loads the converted folder."""
-    tiny_model.save_pretrained(tmp_path / "distilldift_us")
+    save_pretrained(tiny_model, tmp_path / "distilldift_us")
     monkeypatch.chdir(tmp_path)
     with pytest.warns(UserWarning, match="loading the folder 'distilldift_us', not the registered variant"):
         model = load_model("distilldift_us", merge=False)
@@ -287,7 +293,7 @@ def test_load_model_rejects_non_names(bad):
 
 def test_explicit_sources(tiny_model, images, hub, tmp_path, monkeypatch):
     """`local-dir:` and `hf-hub:` say what a string is: no guessing between a folder, a variant and a repo."""
-    tiny_model.save_pretrained(tmp_path / "lite")  # a folder named like a variant
+    save_pretrained(tiny_model, tmp_path / "lite")  # a folder named like a variant
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # explicit: no ambiguity warning
@@ -295,7 +301,7 @@ def test_explicit_sources(tiny_model, images, hub, tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="local-dir: 'nothing' is not a folder"):
         load_model("local-dir:nothing")
     repo_id, folder = _repo(hub, "explicit")
-    tiny_model.save_pretrained(folder)
+    save_pretrained(tiny_model, folder)
     assert torch.equal(feats(load_model(f"hf-hub:{repo_id}", merge=False), images), feats(tiny_model, images))
     with pytest.raises(UnknownVariantError, match="hf-hub: 'lite' is not a Hugging Face repo id"):
         load_model("hf-hub:lite")

@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from distilldift import GridGeometry, ImageLoadError, InvalidInputError, PointsOutsideImageError, ShapeError, load_image
-from distilldift.images import as_points, check_points_inside, input_size_for, load_images
+from distilldift import load_image
+from distilldift.errors import ImageLoadError, InvalidInputError, PointsOutsideImageError, ShapeError
+from distilldift.images import GridGeometry, as_points, check_points_inside, input_size_for, load_images
 
 
 def test_all_input_types_give_the_same_tensor(tmp_path):
@@ -118,26 +119,61 @@ def test_geometry_round_trip_is_exact(image_size, mode):
     assert torch.allclose(corners, torch.tensor([[-0.5, -0.5], [w // 14 - 0.5, h // 14 - 0.5]]))
 
 
-def test_points_validation():
+def test_points_conversion():
     assert as_points([]).shape == (0, 2) and as_points(None).shape == (0, 2)
     assert as_points(np.array([[1, 2]])).dtype == torch.float32
-    with pytest.raises(ShapeError, match=r"points: expected shape \(N, 2\) with columns \(x, y\), got \(3, 4\)"):
-        as_points(np.zeros((3, 4)))
-    with pytest.raises(ShapeError, match=r"for one point pass \[\[x, y\]\]"):
-        as_points([3, 4])
-    with pytest.raises(PointsOutsideImageError, match=r"points\[1\] = \[nan, 2.0\] is not finite"):
-        as_points([[1, 2], [float("nan"), 2]])
-    with pytest.raises(InvalidInputError):
-        as_points([["a", "b"]])
-    check_points_inside(torch.tensor([[-0.5, -0.5], [9.5, 4.5]]), (10, 5))
-    with pytest.raises(PointsOutsideImageError, match=r"points\[0\] = \(10, 2\) is outside the 10x5 image"):
-        check_points_inside(torch.tensor([[10.0, 2.0], [0.0, -3.0]]), (10, 5))
+    check_points_inside(torch.tensor([[-0.5, -0.5], [9.5, 4.5]]), (10, 5))  # the outer pixel edges are inside
 
 
-def test_public_api_resolves():
-    import distilldift
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (
+            lambda: as_points(np.zeros((3, 4))),
+            ShapeError,
+            r"points: expected shape \(N, 2\) with columns \(x, y\), got \(3, 4\)",
+        ),
+        (lambda: as_points([3, 4]), ShapeError, r"for one point pass \[\[x, y\]\]"),
+        (
+            lambda: as_points([[1, 2], [float("nan"), 2]]),
+            PointsOutsideImageError,
+            r"points\[1\] = \[nan, 2.0\] is not finite",
+        ),
+        (lambda: as_points([["a", "b"]]), InvalidInputError, "points"),
+        (
+            lambda: check_points_inside(torch.tensor([[10.0, 2.0], [0.0, -3.0]]), (10, 5)),
+            PointsOutsideImageError,
+            r"points\[0\] = \(10, 2\) is outside the 10x5 image",
+        ),
+    ],
+)
+def test_points_validation(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
 
-    for name in distilldift.__all__:
-        assert getattr(distilldift, name) is not None, name
-    with pytest.raises(AttributeError):
-        distilldift.not_a_thing  # noqa: B018
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "distilldift",
+        *(
+            f"distilldift.{p}"
+            for p in ("models", "weights", "features", "matching", "tracking", "evaluation", "export")
+        ),
+    ],
+)
+def test_public_api_resolves(package):
+    """Every exported name is the library's own object, defined in the package it is exported from."""
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        if name == "__version__":
+            assert module.__version__[0].isdigit()
+            continue
+        value = getattr(module, name)
+        defined_in = getattr(value, "__module__", None) or package  # constants (DEFAULT_VARIANT) have none
+        assert defined_in.startswith(package), (name, defined_in)
+        assert name in dir(module)
+    with pytest.raises(AttributeError, match="has no attribute 'not_a_thing'"):
+        module.not_a_thing  # noqa: B018

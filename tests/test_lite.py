@@ -6,8 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SHARED, requires_shared
-from distilldift import CheckpointError, create_model, match_points
-from distilldift.lite import convert_efficientnet_lite0, lite0_weights_file
+from distilldift import match_points
+from distilldift.errors import CheckpointError
+from distilldift.models.lite import convert_efficientnet_lite0, lite0_weights_file
+from distilldift.weights import create_model
 
 
 @requires_shared

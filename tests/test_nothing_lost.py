@@ -19,12 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
+import distilldift.training as trainer_module
 from conftest import OFFICIAL, OFFICIAL_TINY, TRAIN_MICRO, requires_shared, run_here
-from distilldift import CheckpointError, InvalidInputError, load_model
-from distilldift.errors import TrainingDivergedError
-from distilldift.recipes import distill as distill_module
-from distilldift.recipes import trainer as trainer_module
-from distilldift.recipes.config import apply_overrides, load_recipe
+from distilldift import load_model
+from distilldift.errors import CheckpointError, InvalidInputError, TrainingDivergedError
+from distilldift.training import distill as distill_module
+from distilldift.training.config import apply_overrides, load_recipe
+from distilldift.weights import save_pretrained
 
 EXE = str(Path(sys.executable).parent / "distilldift")
 
@@ -44,7 +45,7 @@ def images(tmp_path):
 @pytest.fixture(scope="module")
 def lite_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lite")
-    load_model("lite").save_pretrained(folder, save_base=True)
+    save_pretrained(load_model("lite"), folder, save_base=True)
     return folder
 
 
@@ -331,7 +332,7 @@ def test_the_cli_stops_a_real_blow_up_and_a_nan_model_folder_does_not_load(photo
     model = load_model(lite_folder)
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
-    model.save_pretrained(broken, save_base=True)
+    save_pretrained(model, broken, save_base=True)
     with pytest.raises(CheckpointError, match="its weights hold NaN or inf .*train again with a lower learning rate"):
         load_model(broken)
 
@@ -339,8 +340,8 @@ def test_the_cli_stops_a_real_blow_up_and_a_nan_model_folder_does_not_load(photo
 @requires_shared
 def test_convert_of_a_partial_checkpoint_into_a_read_only_folder_names_it(tmp_path):
     """(convert writes into a temporary folder beside the output: the message names the output.)"""
-    from distilldift import convert_checkpoint
     from distilldift.errors import OutputError
+    from distilldift.weights import convert_checkpoint
 
     parent = tmp_path / "file"
     parent.write_text("not a folder")

@@ -23,10 +23,11 @@ from authors_code import AUTHORS, eval_args, eval_program, on_cpu, requires_auth
 from benchmark_layouts import pf_willow_download, spair_layout
 from conftest import requires_shared
 from distilldift.datasets import read_pf_willow, read_spair
-from distilldift.evaluation import evaluate
+from distilldift.evaluation.paper import TRAIN_PROGRAM, PaperEvaluator
+from distilldift.evaluation.pck import evaluate
 from distilldift.images import load_image
-from distilldift.paper import TRAIN_PROGRAM, PaperEvaluator
-from distilldift.variants import PaperProtocol
+from distilldift.models.variants import PaperProtocol
+from distilldift.weights import save_pretrained
 
 RECORD = Path(__file__).parent / "data" / "authors_protocol.json"
 ALPHAS = (0.1, 0.05, 0.01)
@@ -151,10 +152,10 @@ def test_train_program_equals_the_authors_on_pf_willow(tmp_path, lite_model):
 
 def _synthetic_run(tmp_path, monkeypatch) -> tuple[dict, dict]:
     """Ours on the SPair split (us and ws settings) and on PF-WILLOW (every 9th pair), on synthetic features."""
-    import distilldift.paper as paper
+    import distilldift.evaluation.paper as paper
 
     monkeypatch.setattr(paper, "paper_features", synthetic_features)
-    from distilldift import create_model
+    from distilldift.weights import create_model
 
     model = create_model("dinov2_b14_reg", embed_dim=16, depth=1, num_heads=2)  # only its input size is used
     root = spair_layout(tmp_path / "SPair-71k")
@@ -216,7 +217,7 @@ def _record(ours: dict, made: dict) -> None:
 def test_grid_soft_argmax_by_hand():
     """A query whose similarity is one on two cells 2 apart (inside the window of 5) and ~0 elsewhere lands halfway
     between them; outside the window the second cell is ignored; a cell c maps to frame pixel 14 c + 7."""
-    from distilldift.paper import grid_predictions
+    from distilldift.evaluation.paper import grid_predictions
 
     g = 60
     target = torch.zeros(g * g, 2)
@@ -236,7 +237,7 @@ def test_flip_plan_swaps_partners_and_keeps_orphans():
     """Mirrored queries: a keypoint with an annotated partner is queried at the partner's mirror; one without a
     left/right partner at its own; one whose partner is not annotated in the pair keeps its unmirrored prediction."""
     from distilldift.datasets import Pair, PairDataset
-    from distilldift.paper import _flip_plan
+    from distilldift.evaluation.paper import _flip_plan
 
     pts = np.zeros((4, 2))
     pair = Pair("cat", Path("a"), Path("b"), pts, pts, (0, 0, 1, 1), (0, 1, 8, 2))  # 2's partner 3 is absent
@@ -245,8 +246,10 @@ def test_flip_plan_swaps_partners_and_keeps_orphans():
 
 
 def test_paper_protocol_refusals_and_records(tmp_path, tiny_model):
-    from distilldift import InvalidInputError, Variant, create_model, load_model
+    from distilldift import MatchSettings, Variant, load_model
     from distilldift.datasets import Pair, PairDataset
+    from distilldift.errors import InvalidInputError
+    from distilldift.weights import create_model
 
     pts = np.array([[10.0, 12.0]])
     img = tmp_path / "a.png"
@@ -254,7 +257,8 @@ def test_paper_protocol_refusals_and_records(tmp_path, tiny_model):
 
     Image.new("RGB", (40, 30), (90, 20, 200)).save(img)
     data = PairDataset("spair", tmp_path, [Pair("cat", img, img, pts, pts, (0, 0, 20, 20), (0,))])
-    for kw, name in ((dict(method="nn"), "method"), (dict(flip="auto"), "flip"), (dict(size=56), "size")):
+    nn, flip = MatchSettings(method="nn"), MatchSettings(flip="auto")
+    for kw, name in ((dict(settings=nn), "settings"), (dict(settings=flip), "settings"), (dict(size=56), "size")):
         with pytest.raises(InvalidInputError, match=f"protocol='paper' sets the matching itself; leave {name} unset"):
             evaluate(data, tiny_model, protocol="paper", progress=False, **kw)
     with pytest.raises(InvalidInputError, match="protocol must be one of default, paper or a PaperProtocol"):
@@ -268,7 +272,7 @@ def test_paper_protocol_refusals_and_records(tmp_path, tiny_model):
     assert r.per_point["img"][0.1] == 1.0 and "the authors' protocol (eval/eval.py): 56x56 input" in r.protocol
     # the settings travel with the variant: a saved folder keeps them
     model = create_model("distilldift_ws", embed_dim=32, depth=1, num_heads=2)
-    model.save_pretrained(tmp_path / "m", save_base=True)
+    save_pretrained(model, tmp_path / "m", save_base=True)
     loaded = load_model(tmp_path / "m")
     assert loaded.variant.paper_protocol == PaperProtocol(pose_align=True, raw_input=True)
     assert Variant.from_dict({**model.variant.to_dict(), "paper_protocol": {"window": 3}}).paper_protocol.window == 3

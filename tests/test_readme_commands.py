@@ -12,7 +12,7 @@ import click
 import pytest
 import typer
 
-from distilldift.cli import app
+from distilldift.cli.main import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

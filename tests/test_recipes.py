@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from conftest import TINY
-from distilldift import InvalidInputError, create_model
-from distilldift.recipes.cache import TeacherCache, build_teacher_cache
-from distilldift.recipes.pairs import PairSampler, global_embeddings, retrieval_neighbours
-from distilldift.recipes.teachers import EnsembleTeacher, ModelTeacher
+from distilldift.errors import InvalidInputError
+from distilldift.training.cache import TeacherCache, build_teacher_cache
+from distilldift.training.pairs import PairSampler, global_embeddings, retrieval_neighbours
+from distilldift.training.teachers import EnsembleTeacher, ModelTeacher
+from distilldift.weights import create_model
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ def test_global_embeddings_take_mixed_aspect_ratios(lite_model):
 
 
 def test_augmented_copies_depend_on_the_seed_not_the_folder(tmp_path):
-    from distilldift.recipes.data import TrainImages
+    from distilldift.training.data import TrainImages
 
     for folder in ("a", "b/c"):  # the same two photos in two folders
         rng = np.random.default_rng(0)

@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL, OFFICIAL_TINY, official_max_diff, requires_shared
-from distilldift import (
-    CheckpointError,
-    DownloadError,
-    ReleaseFile,
-    WeightsNotFoundError,
-    convert_checkpoint,
-    get_variant,
-    load_model,
-    register_variant,
-    weight_sources,
-)
-from distilldift.convert import read_conversion
+from distilldift import get_variant, load_model, register_variant
 from distilldift.download import cache_root, download_verified, git_blob_id
-from distilldift.release import MIRROR_ENV, fetch_release, release_folder, release_urls
+from distilldift.errors import CheckpointError, DownloadError, WeightsNotFoundError
+from distilldift.models import ReleaseFile
+from distilldift.weights import convert_checkpoint, weight_sources
+from distilldift.weights.convert import read_conversion
+from distilldift.weights.release import MIRROR_ENV, fetch_release, release_folder, release_urls
 from file_server import FileServer
 
 CKPT = OFFICIAL / "official_lora_checkpoint.pt"
@@ -67,7 +60,7 @@ pytestmark = requires_shared
 def test_release_end_to_end_then_from_cache(server, hub, tmp_path, monkeypatch):
     v = tiny_variant(hub)
     cache = tmp_path / "hf"
-    assert [s.cached for s in weight_sources(v.name, cache_dir=cache)] == [False, False]
+    assert [s.cached() for s in weight_sources(v.name, cache_dir=cache)] == [False, False]
     model = load_model(v.name, cache_dir=cache)
     assert official_max_diff(model, "expected.safetensors") <= 1e-5
     assert server.requests == [URL_PATH]
@@ -84,7 +77,7 @@ def test_release_end_to_end_then_from_cache(server, hub, tmp_path, monkeypatch):
     assert record["checkpoint"] == "distilled_us.ckpt" and len(record["from_checkpoint"]) == 35
     assert record["from_base"] is None and record["lora_blocks"] == [0, 1]
     assert not list(cache_root(cache).rglob("*.ckpt")) and not list(cache_root(cache).rglob("*.part"))
-    assert [(s.kind, s.cached) for s in weight_sources(v.name, cache_dir=cache)] == [
+    assert [(s.kind, s.cached()) for s in weight_sources(v.name, cache_dir=cache)] == [
         ("hub-adapter", False),
         ("release", True),
     ]
@@ -135,7 +128,7 @@ def test_hub_adapter_wins_over_the_release(server, hub, tmp_path):
     cache = tmp_path / "hf"
     assert official_max_diff(load_model(v.name, cache_dir=cache), "expected.safetensors") <= 1e-5
     assert server.requests == []  # the release was never fetched
-    assert [(s.kind, s.cached) for s in weight_sources(v.name, cache_dir=cache)] == [
+    assert [(s.kind, s.cached()) for s in weight_sources(v.name, cache_dir=cache)] == [
         ("hub-adapter", True),
         ("release", False),
     ]
@@ -203,7 +196,7 @@ def test_mirror_setting_and_pinned_urls(monkeypatch):
 
 
 def test_variant_without_published_weights(tmp_path):
-    assert [(s.kind, s.cached) for s in weight_sources("distilldift_us_3d")] == [("none", False)]
+    assert [(s.kind, s.cached()) for s in weight_sources("distilldift_us_3d")] == [("none", False)]
     with pytest.raises(WeightsNotFoundError, match="no pretrained weights are published for 'distilldift_us_3d'"):
         load_model("distilldift_us_3d", cache_dir=tmp_path)
 

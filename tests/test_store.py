@@ -16,16 +16,11 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_model
-from distilldift import (
-    FeatureStore,
-    ImageLoadError,
-    InvalidInputError,
-    UnknownImageError,
-    extract_features,
-    extract_to_folder,
-    load_features,
-)
-from distilldift.store import list_images
+from distilldift import extract_features
+from distilldift.errors import ImageLoadError, InvalidInputError, UnknownImageError
+from distilldift.features import ExtractSettings, FeatureStore, extract_to_folder, load_features
+from distilldift.features.folder import list_images
+from distilldift.weights import save_pretrained
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
@@ -69,12 +64,19 @@ def model():
 @pytest.fixture(scope="module")
 def model_folder(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(folder, save_base=True)
+    save_pretrained(model, folder, save_base=True)
     return folder
 
 
 def test_store_holds_what_extract_features_gives(images, model, tmp_path):
-    r = extract_to_folder(images, tmp_path / "f", model, size=112, resize="keep_aspect", shard_size=5, batch_size=3)
+    r = extract_to_folder(
+        images,
+        tmp_path / "f",
+        model,
+        size=112,
+        resize="keep_aspect",
+        settings=ExtractSettings(shard_size=5, batch_size=3),
+    )
     assert (r.images, r.shards, r.written, r.done_before, r.unreadable) == (23, 5, 5, 0, {})
     store = FeatureStore(tmp_path / "f")
     names = [name for name, _ in list_images(images)]
@@ -98,7 +100,7 @@ def test_store_holds_what_extract_features_gives(images, model, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_files(images, model, tmp_path):
-    kw = dict(size=84, shard_size=4, batch_size=2, decoders=0)
+    kw = dict(size=84, settings=ExtractSettings(shard_size=4, batch_size=2, decoders=0))
     extract_to_folder(images, tmp_path / "whole", model, **kw)
 
     def stop_after_9(done, total):
@@ -161,19 +163,21 @@ def test_bad_images_and_mismatched_reruns(images, model, tmp_path):
     (src / "img03.jpg").write_bytes(b"not an image")
     (src / "sub" / "img99.png").write_bytes(b"")
     with pytest.raises(ImageLoadError, match=r"img03\.jpg.*finished shards are kept.*--skip-bad"):
-        extract_to_folder(src, tmp_path / "f", model, size=56, shard_size=2, decoders=0)
+        extract_to_folder(src, tmp_path / "f", model, size=56, settings=ExtractSettings(shard_size=2, decoders=0))
     assert sorted(p.name for p in (tmp_path / "f").glob("features-*")) == ["features-00000-of-00012.safetensors"]
-    r = extract_to_folder(src, tmp_path / "f", model, size=56, shard_size=2, decoders=2, skip_bad=True)
+    r = extract_to_folder(
+        src, tmp_path / "f", model, size=56, settings=ExtractSettings(shard_size=2, decoders=2, skip_bad=True)
+    )
     assert sorted(r.unreadable) == ["img03.jpg", "sub/img99.png"] and (r.done_before, r.written) == (1, 11)
     store = FeatureStore(tmp_path / "f")
     assert len(store) == 22 and sorted(store.unreadable) == ["img03.jpg", "sub/img99.png"]
     with pytest.raises(UnknownImageError, match="'img03.jpg' is not in .*could not be read: could not decode"):
         store["img03.jpg"]
     with pytest.raises(InvalidInputError, match=r"holds features of another run \(size: 56, this run: 70\)"):
-        extract_to_folder(src, tmp_path / "f", model, size=70, shard_size=2)
+        extract_to_folder(src, tmp_path / "f", model, size=70, settings=ExtractSettings(shard_size=2))
     (src / "extra.png").write_bytes((images / "img01.png").read_bytes())
     with pytest.raises(InvalidInputError, match=r"another run \(images: 24, this run: 25\)"):
-        extract_to_folder(src, tmp_path / "f", model, size=56, shard_size=2)
+        extract_to_folder(src, tmp_path / "f", model, size=56, settings=ExtractSettings(shard_size=2))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(InvalidInputError, match="is not empty and holds no distilldift features"):
@@ -189,7 +193,7 @@ def test_list_files_names_and_empty_inputs(images, model, tmp_path):
     (tmp_path / "rel").mkdir()
     shutil.copy(images / "sub" / "img16.png", tmp_path / "rel" / "b.png")
     assert [n for n, _ in list_images(lst)] == sorted(["rel/b.png", str(images / "img01.png")])
-    r = extract_to_folder(lst, tmp_path / "f", model, size=56, dtype="float16")
+    r = extract_to_folder(lst, tmp_path / "f", model, size=56, settings=ExtractSettings(dtype="float16"))
     store = FeatureStore(tmp_path / "f")
     assert (r.images, r.shards) == (2, 1) and store.run["dtype"] == "float16"
     exact = extract_features(images / "img01.png", model, size=56).features[0]

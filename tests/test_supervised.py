@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from distilldift import InvalidInputError, load_model
+from distilldift import load_model
 from distilldift.datasets import read_spair
-from distilldift.recipes.config import apply_overrides, load_recipe
-from distilldift.recipes.trainer import train
+from distilldift.errors import InvalidInputError
+from distilldift.training import train
+from distilldift.training.config import apply_overrides, load_recipe
 from spair_fixture import write_spair_fixture
 
 MICRO = [
@@ -59,11 +60,11 @@ def test_spair_recipes_and_their_checks():
     assert cfg.objective == "keypoints" and cfg.image_size == 336 and cfg.student_init == "distilldift_us"
     assert cfg.keypoints.loss == "cross_entropy" and cfg.keypoints.beta == 1000.0 and cfg.keypoints.split == "trn"
     ws = load_recipe("spair_ws")
-    assert ws.objective == "distill" and ws.pairs == "dataset" and ws.pairs_dataset == "spair"
+    assert ws.objective == "distill" and ws.distill.pairs == "dataset" and ws.distill.pairs_dataset == "spair"
     for bad, message in [
         ("keypoints.loss=mse", "keypoints.loss must be one of cross_entropy, soft_argmax"),
         ("keypoints.dataset=coco", "keypoints.dataset must be one of spair, pf-willow, pf-pascal, cub"),
-        ("pairs=spair", "pairs must be one of retrieval, category, given, dataset"),
+        ("distill.pairs=spair", "pairs must be one of retrieval, category, given, dataset"),
     ]:
         with pytest.raises(InvalidInputError, match=message):
             apply_overrides(cfg, [bad])
@@ -93,12 +94,12 @@ def test_weakly_supervised_distils_on_the_split_s_image_pairs_only(spair_root, t
             'student="lite"',
             'student_init="random"',
             'train="full"',
-            'teachers=["lite"]',
+            'distill.teachers=["lite"]',
             "image_size=64",
             "steps=2",
             "batch_size=2",
             "checkpoint_every=2",
-            "cache_batch_size=4",
+            "distill.cache_batch_size=4",
         ],
     )
     train(cfg, spair_root, tmp_path / "ws", log=lambda *_: None)
@@ -110,7 +111,7 @@ def test_weakly_supervised_distils_on_the_split_s_image_pairs_only(spair_root, t
 
 
 def test_augmentations_move_the_labels_with_the_pixels():
-    from distilldift.recipes.data import random_augment
+    from distilldift.training.data import random_augment
 
     rng = np.random.default_rng(0)
     img = torch.zeros(3, 90, 120)

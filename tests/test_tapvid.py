@@ -6,8 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from distilldift import InvalidInputError, ShapeError
-from distilldift.tapvid import TrackingMetrics, tapvid_metrics
+from distilldift import MatchSettings, TrackSettings
+from distilldift.errors import InvalidInputError, ShapeError
+from distilldift.evaluation.tracking import TrackingMetrics, tapvid_metrics
 
 
 def _case():
@@ -295,15 +296,17 @@ def test_folder_of_clips(tmp_path):
 
 
 def test_evaluate_tracking_on_a_still_clip_is_perfect():
-    from distilldift import create_model
     from distilldift.datasets.tapvid import TapVidVideo
-    from distilldift.tapvid import evaluate_tracking
+    from distilldift.evaluation.tracking import evaluate_tracking
+    from distilldift.weights import create_model
 
     clip = _still_clip(t=4, n=3, size=(64, 48))
     px = clip["points"].astype(np.float64) * np.array([64, 48]) - 0.5
     video = TapVidVideo("still", clip["video"], px, clip["occluded"])
     model = create_model("dinov2_b14_reg", embed_dim=32, depth=1, num_heads=2)
-    overall, per = evaluate_tracking([video], model, resolution=64, size=112, method="nn")
+    overall, per = evaluate_tracking(
+        [video], model, resolution=64, size=112, settings=TrackSettings(match=MatchSettings(method="nn"))
+    )
     m = per["still"]
     assert m.evaluated == 3 * 3 and overall.videos == 1
     assert m.average_delta == 1.0 and m.average_jaccard == 1.0 and m.occlusion_accuracy == 1.0

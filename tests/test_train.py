@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import distilldift.training as trainer_module
 from conftest import SHARED, TRAIN_MICRO, requires_shared
-from distilldift import InvalidInputError
-from distilldift.recipes import distill as distill_module
-from distilldift.recipes import trainer as trainer_module
-from distilldift.recipes.config import apply_overrides, list_recipes, load_recipe
+from distilldift.errors import InvalidInputError
+from distilldift.training import distill as distill_module
+from distilldift.training.config import apply_overrides, list_recipes, load_recipe
 
 MICRO = TRAIN_MICRO
 
@@ -35,10 +35,10 @@ def data(tmp_path_factory):
 def test_recipes():
     assert {"coco", "tiny"} <= set(list_recipes())
     coco = load_recipe("coco")
-    assert coco.teachers == ["dinov2_b14_reg", "sdxl_turbo"] and coco.lr == 1e-4 and coco.temperature == 0.01
-    assert coco.weight_decay == 0.05 and coco.train == "lora" and coco.k == 10
-    tiny = apply_overrides(load_recipe("tiny"), ["steps=7", 'teachers=["lite"]', "augment=false"])
-    assert tiny.steps == 7 and tiny.teachers == ["lite"] and tiny.augment is False
+    assert coco.distill.teachers == ["dinov2_b14_reg", "sdxl_turbo"] and coco.lr == 1e-4 and coco.temperature == 0.01
+    assert coco.weight_decay == 0.05 and coco.train == "lora" and coco.distill.k == 10
+    tiny = apply_overrides(load_recipe("tiny"), ["steps=7", 'distill.teachers=["lite"]', "distill.augment=false"])
+    assert tiny.steps == 7 and tiny.distill.teachers == ["lite"] and tiny.distill.augment is False
     with pytest.raises(InvalidInputError, match="unknown recipe key 'stepz'"):
         apply_overrides(tiny, ["stepz=7"])
     with pytest.raises(InvalidInputError, match="steps must be a number"):
@@ -54,7 +54,15 @@ def _weights(folder: Path) -> dict:
 
 
 # the recipe's own student: EfficientNet-Lite0 with BatchNorm, whose running statistics must survive a resume too
-MICRO_LITE = ['student="lite"', "image_size=64", "copies=2", "k=2", "batch_size=4", "steps=6", "checkpoint_every=3"]
+MICRO_LITE = [
+    'student="lite"',
+    "image_size=64",
+    "distill.copies=2",
+    "distill.k=2",
+    "batch_size=4",
+    "steps=6",
+    "checkpoint_every=3",
+]
 
 
 @pytest.mark.parametrize("micro", [MICRO, MICRO_LITE], ids=["vit", "lite-batchnorm"])
@@ -79,8 +87,8 @@ def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path, monkeypatch,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # step 4 was logged, then lost with the kill: its line goes, it is redone
-    changed = apply_overrides(config, ["k=3"])  # (lr may change: to continue a diverged run more gently)
-    with pytest.raises(InvalidInputError, match=r"other settings: \['k'\]"):
+    changed = apply_overrides(config, ["distill.k=3"])  # (lr may change: to continue a diverged run more gently)
+    with pytest.raises(InvalidInputError, match=r"other settings: \['distill.k'\]"):
         trainer_module.train(changed, data, tmp_path / "b", resume=True, log=lambda *_: None)
 
 
@@ -129,16 +137,16 @@ def test_lora_student_starts_from_a_fresh_adapter(data, tmp_path):
 
 
 def test_given_pairs(data, tmp_path):
-    """pairs="given" draws only the pairs of the pairs file (either order); a bad file fails before any work."""
-    from distilldift.recipes.distill import draw_pairs
-    from distilldift.recipes.pairs import PairSampler, read_pairs_file
+    """distill.pairs="given" draws only the pairs of the pairs file (either order); a bad file fails before any work."""
+    from distilldift.training.distill import draw_pairs
+    from distilldift.training.pairs import PairSampler, read_pairs_file
 
     images = sorted(data.glob("*.png"))  # astronaut, camera, chelsea, coffee, horse, rocket
     (tmp_path / "pairs.json").write_text(json.dumps([["chelsea.png", "horse.png"], ["coffee.png", "chelsea.png"]]))
     pairs = read_pairs_file(tmp_path / "pairs.json", images, data)
     assert pairs == [(2, 4), (3, 2)]
     sampler = PairSampler("given", pairs=pairs)
-    config = apply_overrides(load_recipe("tiny"), ["batch_size=64", "self_pairs=0"])
+    config = apply_overrides(load_recipe("tiny"), ["batch_size=64", "distill.self_pairs=0"])
     seen = set()
     for step in range(5):
         first, second = draw_pairs(sampler, len(images), 3, config, step)
@@ -147,13 +155,24 @@ def test_given_pairs(data, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([["chelsea.png", "dog.png"]]))
     with pytest.raises(InvalidInputError, match="'dog.png' is not an image below"):
         read_pairs_file(tmp_path / "bad.json", images, data)
-    overrides = [*MICRO, 'teachers=["lite"]', "pairs=given", f"pairs_file={tmp_path / 'missing.json'}"]
+    overrides = [
+        *MICRO,
+        'distill.teachers=["lite"]',
+        "distill.pairs=given",
+        f"distill.pairs_file={tmp_path / 'missing.json'}",
+    ]
     with pytest.raises(InvalidInputError, match="needs a pairs file"):
         trainer_module.train(apply_overrides(load_recipe("tiny"), overrides), data, tmp_path / "run")
     assert not (tmp_path / "run" / "teacher-cache").exists()
     cfg = apply_overrides(
         load_recipe("tiny"),
-        [*MICRO, 'teachers=["lite"]', "pairs=given", "steps=2", f"pairs_file={tmp_path / 'pairs.json'}"],
+        [
+            *MICRO,
+            'distill.teachers=["lite"]',
+            "distill.pairs=given",
+            "steps=2",
+            f"distill.pairs_file={tmp_path / 'pairs.json'}",
+        ],
     )
     assert (trainer_module.train(cfg, data, tmp_path / "run", log=lambda *_: None) / "model.safetensors").exists()
 
@@ -174,12 +193,13 @@ def test_learning_is_real(tmp_path):
     Measured against a random init of the same architecture, in eval mode. CPU training is not bit-reproducible
     across runs (threaded gradient sums): the margins are from the ranges in BENCHMARKS.md.
     """
-    from distilldift import create_model, extract_features, load_model
+    from distilldift import extract_features, load_model
     from distilldift.images import load_images, preprocess
-    from distilldift.recipes.hints import HintTeacher, backbone_stages, hint_loss
-    from distilldift.recipes.losses import distillation_loss
-    from distilldift.recipes.metrics import nn_agreement
-    from distilldift.video import iter_frames
+    from distilldift.tracking.track import iter_frames
+    from distilldift.training.hints import HintTeacher, backbone_stages, hint_loss
+    from distilldift.training.losses import distillation_loss
+    from distilldift.weights import create_model
+    from train_metrics import nn_agreement
 
     frames = [
         Image.fromarray((f.permute(1, 2, 0) * 255).byte().numpy()).resize((324, 180))
@@ -191,7 +211,7 @@ def test_learning_is_real(tmp_path):
     held = [frames[i] for i in range(2, 50, 4)]
     held_pairs = [(held[i], held[i + 4]) for i in range(len(held) - 4)]
     train_pairs = [(frames[i], frames[i + 16]) for i in range(0, 24, 4)]
-    short = ["steps=100", "copies=4", "checkpoint_every=1000"]
+    short = ["steps=100", "distill.copies=4", "checkpoint_every=1000"]
     teacher = load_model("lite")
     torch.manual_seed(0)
     init = create_model("lite")  # random weights, same architecture
@@ -206,7 +226,7 @@ def test_learning_is_real(tmp_path):
         return np.mean([r[term] for r in log[-20:]]) / np.mean([r[term] for r in log[:20]])
 
     # 1. the similarity loss alone
-    config, student, log = run("similarity", ["hint_weight=0", "distill_start=0"])
+    config, student, log = run("similarity", ["distill.hint_weight=0", "distill.start=0"])
 
     def feats(model, image):
         return extract_features(image, model, size=config.image_size, resize="stretch").features
@@ -231,7 +251,7 @@ def test_learning_is_real(tmp_path):
     assert agree > init_agree + 0.02  # measured 0.333 -> 0.378-0.478
 
     # 2. hints alone
-    _, student, log = run("hints", ["distill_weight=0"])
+    _, student, log = run("hints", ["distill.weight=0"])
 
     def unseen_hint_loss(model):
         v = model.variant
@@ -248,15 +268,19 @@ def test_learning_is_real(tmp_path):
 
 
 def test_hints_add_their_term_and_need_the_teachers_architecture(data, tmp_path):
-    with_hints = apply_overrides(load_recipe("tiny"), [*MICRO_LITE, "steps=2", "hint_weight=2.0", "distill_start=0"])
+    with_hints = apply_overrides(
+        load_recipe("tiny"), [*MICRO_LITE, "steps=2", "distill.hint_weight=2.0", "distill.start=0"]
+    )
     trainer_module.train(with_hints, data, tmp_path / "h", log=lambda *_: None)
-    trainer_module.train(apply_overrides(with_hints, ["hint_weight=0"]), data, tmp_path / "p", log=lambda *_: None)
+    trainer_module.train(
+        apply_overrides(with_hints, ["distill.hint_weight=0"]), data, tmp_path / "p", log=lambda *_: None
+    )
     first = [json.loads((tmp_path / run / "log.jsonl").read_text().splitlines()[0])["loss"] for run in ("h", "p")]
     # same seed, same pairs, same initial weights at step 1: the difference is 2 x the random student's hint loss,
     # about 1 per stage (a normalised MSE) for a random init
     assert 2 * 0.5 < first[0] - first[1] < 2 * 3, first
-    vit = apply_overrides(load_recipe("tiny"), [*MICRO, "hint_weight=1.0"])
-    with pytest.raises(InvalidInputError, match="hint_weight=0"):
+    vit = apply_overrides(load_recipe("tiny"), [*MICRO, "distill.hint_weight=1.0"])
+    with pytest.raises(InvalidInputError, match="distill.hint_weight=0"):
         trainer_module.train(vit, data, tmp_path / "v", log=lambda *_: None)
     assert not (tmp_path / "v" / "teacher-cache").exists()  # refused before the teacher cache was built
 
@@ -264,7 +288,8 @@ def test_hints_add_their_term_and_need_the_teachers_architecture(data, tmp_path)
 def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
     """``distill_start``: steps before it train on hints alone; the log keeps each unweighted term."""
     config = apply_overrides(
-        load_recipe("tiny"), [*MICRO_LITE, "steps=4", "hint_weight=3.0", "distill_weight=0.5", "distill_start=2"]
+        load_recipe("tiny"),
+        [*MICRO_LITE, "steps=4", "distill.hint_weight=3.0", "distill.weight=0.5", "distill.start=2"],
     )
     trainer_module.train(config, data, tmp_path / "w", log=lambda *_: None)
     log = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
@@ -272,7 +297,11 @@ def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
     for r in log:
         weight = 0.0 if r["step"] <= 2 else 0.5
         assert r["loss"] == pytest.approx(weight * r["distill"] + 3.0 * r["hint"], rel=1e-5)
-    for nothing in (["hint_weight=0", "distill_weight=0"], ["hint_weight=0", "distill_start=5"], ["hint_weight=-1"]):
+    for nothing in (
+        ["distill.hint_weight=0", "distill.weight=0"],
+        ["distill.hint_weight=0", "distill.start=5"],
+        ["distill.hint_weight=-1"],
+    ):
         with pytest.raises(InvalidInputError, match="nothing to learn|must be >= 0"):
             trainer_module.train(apply_overrides(config, nothing), data, tmp_path / "n", log=lambda *_: None)
         assert not (tmp_path / "n" / "teacher-cache").exists()
@@ -281,7 +310,7 @@ def test_hint_warm_up_then_the_similarity_loss(data, tmp_path):
 def test_mixed_precision_computes_the_same_losses(data, tmp_path):
     """``mixed_precision="bf16"`` (the GPU default, forced here on CPU) runs both loss terms under bf16 autocast:
     same first-step losses as fp32 to bf16's precision, finite throughout; unknown settings are refused."""
-    micro = MICRO_LITE + ["steps=3", "distill_start=0"]
+    micro = MICRO_LITE + ["steps=3", "distill.start=0"]
     logs = {}
     for mode in ("no", "bf16"):
         config = apply_overrides(load_recipe("tiny"), micro + [f'mixed_precision="{mode}"'])

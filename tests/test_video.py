@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 from conftest import SHARED, requires_shared
-from distilldift import InvalidInputError, PointsOutsideImageError, Tracks, VideoError, track_video
-from distilldift.video import iter_frames
+from distilldift import MatchSettings, Tracks, TrackSettings, track_video
+from distilldift.errors import InvalidInputError, PointsOutsideImageError, VideoError
+from distilldift.tracking.track import iter_frames
+from distilldift.weights import save_pretrained
 
 APPLE = SHARED / "data" / "videos" / "apple.mp4"
 W, H, T = 256, 192, 16
@@ -56,7 +58,9 @@ def test_known_motion(synthetic, lite_model):
     # visible: median 82 px. A few confident matches are kept although their back-match misses.
     assert np.median(err[vis]) < 0.25 * cell and np.percentile(err[vis], 90) < cell
     assert np.median(err[~vis]) > 3 * cell  # the visibility flag marks the failures
-    cycle = track_video(synthetic, POINTS, model=lite_model, progress=False, visible_score=None).visible.numpy()
+    cycle = track_video(
+        synthetic, POINTS, model=lite_model, progress=False, settings=TrackSettings(visible_score=None)
+    ).visible.numpy()
     # the back-match alone: 81 % visible, median 2.3 px, p90 9.5, max 18; not visible: median 67 px
     assert np.median(err[cycle]) < 0.25 * cell and np.percentile(err[cycle], 90) < 0.8 * cell
     assert err[cycle].max() < 2 * cell and np.median(err[~cycle]) > 3 * cell
@@ -65,7 +69,13 @@ def test_known_motion(synthetic, lite_model):
 
 def test_coarse_to_fine_equals_exhaustive(synthetic, lite_model):
     fast = track_video(synthetic, POINTS, model=lite_model, progress=False)
-    full = track_video(synthetic, POINTS, model=lite_model, progress=False, exhaustive=True, prefetch=False)
+    full = track_video(
+        synthetic,
+        POINTS,
+        model=lite_model,
+        progress=False,
+        settings=TrackSettings(match=MatchSettings(exhaustive=True), prefetch=False),
+    )
     same = (fast.points - full.points).norm(dim=-1) < 0.5  # px; the feature cell is 12.8 px
     # Same answer unless the best pixel lies over 2 cells from the best cell. Measured: 4 of 320 differ, all
     # near-ties (a second peak 2.2 cells away scoring 0.8875 instead of 0.8870; two invisible ones at 0.51/0.50).
@@ -78,13 +88,17 @@ def test_coarse_to_fine_equals_exhaustive(synthetic, lite_model):
 def test_query_frame_and_input_kinds(synthetic, lite_model, tmp_path):
     k = 5
     pts_k = _truth(POINTS)[k][:6]
-    ref = track_video(synthetic, pts_k, model=lite_model, query_frame=k, progress=False, batch_size=4)
+    ref = track_video(
+        synthetic, pts_k, model=lite_model, query_frame=k, progress=False, settings=TrackSettings(batch_size=4)
+    )
     assert ref.query_frame == k and (ref.points[k] - torch.tensor(pts_k).float()).norm(dim=1).max() < 2.0
     for t in range(T):
         Image.fromarray(synthetic[t]).save(tmp_path / f"frame_{t}.png")  # natural sort: frame_2 before frame_10
     as_tensor = torch.from_numpy(synthetic).permute(0, 3, 1, 2).float() / 255
     for video in (tmp_path, list(synthetic), as_tensor, [Image.fromarray(f) for f in synthetic]):
-        other = track_video(video, pts_k, model=lite_model, query_frame=k, progress=False, batch_size=3)
+        other = track_video(
+            video, pts_k, model=lite_model, query_frame=k, progress=False, settings=TrackSettings(batch_size=3)
+        )
         assert (other.points - ref.points).abs().max() < 1e-3, type(video)
 
 
@@ -123,30 +137,49 @@ def test_real_video_points_stay_on_the_apple(lite_model):
     assert tracks.visible.float().mean() > 0.8  # the apple never leaves the view; measured 0.85 (exhaustive: 0.91)
 
 
-def test_bad_inputs(tmp_path, lite_model, synthetic):
-    with pytest.raises(VideoError, match="video not found"):
-        track_video(tmp_path / "missing.mp4", [[1, 1]], model=lite_model)
-    (tmp_path / "empty.mp4").write_bytes(b"")
-    with pytest.raises(VideoError, match="empty"):
-        track_video(tmp_path / "empty.mp4", [[1, 1]], model=lite_model)
-    (tmp_path / "text.mp4").write_text("not a video at all")
-    with pytest.raises(VideoError, match="could not open .* as a video"):
-        track_video(tmp_path / "text.mp4", [[1, 1]], model=lite_model)
-    (tmp_path / "frames").mkdir()
-    with pytest.raises(VideoError, match="has no image files"):
-        track_video(tmp_path / "frames", [[1, 1]], model=lite_model)
-    with pytest.raises(VideoError, match="no frames"):
-        track_video(torch.zeros(0, 3, 32, 32), [[1, 1]], model=lite_model)
-    with pytest.raises(VideoError, match=r"\(T, C, H, W\)"):
-        track_video(torch.zeros(3, 32, 32), [[1, 1]], model=lite_model)
-    with pytest.raises(PointsOutsideImageError, match="outside the 256x192 image"):
-        track_video(synthetic, [[300, 10]], model=lite_model, progress=False)
-    with pytest.raises(InvalidInputError, match="query_frame 16 is out of range: the video has 16 frames"):
-        track_video(synthetic, [[10, 10]], model=lite_model, query_frame=16, progress=False)
-    mixed = [synthetic[0], synthetic[1][:100]]
-    with pytest.raises(VideoError, match="all frames must have one size|sizes must agree"):
-        track_video(mixed, [[10, 10]], model=lite_model, progress=False)
-    empty = track_video(synthetic[:3], [], model=lite_model, progress=False)
+def _file(name: str, content: bytes | None):
+    """A video path under the test's folder: missing (``None``), or a file holding ``content``."""
+
+    def make(root, synthetic):
+        if content is not None:
+            (root / name).write_bytes(content)
+        return root / name
+
+    return make
+
+
+def _folder(root, synthetic):
+    (root / "frames").mkdir()
+    return root / "frames"
+
+
+@pytest.mark.parametrize(
+    "video, points, kw, error, match",
+    [
+        (_file("missing.mp4", None), [[1, 1]], {}, VideoError, "video not found"),
+        (_file("empty.mp4", b""), [[1, 1]], {}, VideoError, "empty"),
+        (_file("text.mp4", b"not a video at all"), [[1, 1]], {}, VideoError, "could not open .* as a video"),
+        (_folder, [[1, 1]], {}, VideoError, "has no image files"),
+        (lambda r, s: torch.zeros(0, 3, 32, 32), [[1, 1]], {}, VideoError, "no frames"),
+        (lambda r, s: torch.zeros(3, 32, 32), [[1, 1]], {}, VideoError, r"\(T, C, H, W\)"),
+        (lambda r, s: s, [[300, 10]], {}, PointsOutsideImageError, "outside the 256x192 image"),
+        (
+            lambda r, s: s,
+            [[10, 10]],
+            dict(query_frame=16),
+            InvalidInputError,
+            "query_frame 16 is out of range: the video has 16 frames",
+        ),
+        (lambda r, s: [s[0], s[1][:100]], [[10, 10]], {}, VideoError, "all frames must have one size|sizes must agree"),
+    ],
+)
+def test_bad_inputs(tmp_path, lite_model, synthetic, video, points, kw, error, match):
+    with pytest.raises(error, match=match):
+        track_video(video(tmp_path, synthetic), points, model=lite_model, **kw)
+
+
+def test_no_points_give_empty_tracks(lite_model, synthetic):
+    empty = track_video(synthetic[:3], [], model=lite_model)
     assert empty.points.shape == (3, 0, 2)
 
 
@@ -162,7 +195,7 @@ def test_save_and_cli(tmp_path, synthetic, lite_model):
     for t in range(8):
         Image.fromarray(synthetic[t]).save(tmp_path / f"{t:03d}.png")
     folder = tmp_path / "lite"
-    lite_model.save_pretrained(folder, save_base=True)
+    save_pretrained(lite_model, folder, save_base=True)
     exe = str(Path(sys.executable).parent / "distilldift")
     cmd = [
         exe,
@@ -234,22 +267,27 @@ def _umask() -> int:
 def test_visible_score_keeps_confident_matches(synthetic, lite_model):
     """``visible`` = back-match within one cell OR score >= ``visible_score`` (default 0.8), then ``min_score``."""
     default = track_video(synthetic, POINTS, model=lite_model, progress=False)
-    cycle_only = track_video(synthetic, POINTS, model=lite_model, progress=False, visible_score=None)
+    cycle_only = track_video(
+        synthetic, POINTS, model=lite_model, progress=False, settings=TrackSettings(visible_score=None)
+    )
     assert torch.equal(default.points, cycle_only.points) and torch.equal(default.scores, cycle_only.scores)
     assert torch.equal(default.visible, cycle_only.visible | (default.scores >= 0.8))
     assert (default.visible & ~cycle_only.visible).any()  # the rule changes something on this clip
-    every = track_video(synthetic, POINTS, model=lite_model, progress=False, visible_score=-1.0)
+    every = track_video(synthetic, POINTS, model=lite_model, progress=False, settings=TrackSettings(visible_score=-1.0))
     assert every.visible.all()
-    strict = track_video(synthetic, POINTS, model=lite_model, progress=False, visible_score=-1.0, min_score=0.9)
+    strict = track_video(
+        synthetic, POINTS, model=lite_model, progress=False, settings=TrackSettings(visible_score=-1.0, min_score=0.9)
+    )
     assert torch.equal(strict.visible, strict.scores >= 0.9)
 
 
 def test_search_radius_follows_and_redetects(synthetic, lite_model):
     """``search_radius``: a point visible in the previous frame is searched within that many cells of it; a lost
     point in the whole frame (the same answer as the global search)."""
-    kw = dict(model=lite_model, progress=False, exhaustive=True)
-    near = track_video(synthetic, POINTS, search_radius=1.0, **kw)
-    free = track_video(synthetic, POINTS, **kw)
+    every_pixel = MatchSettings(exhaustive=True)
+    kw = dict(model=lite_model, progress=False)
+    near = track_video(synthetic, POINTS, settings=TrackSettings(match=every_pixel, search_radius=1.0), **kw)
+    free = track_video(synthetic, POINTS, settings=TrackSettings(match=every_pixel), **kw)
     step = (near.points[1:] - near.points[:-1]).abs()  # (T-1, N, 2) px
     held = near.visible[:-1]
     assert held.any() and (step[held] <= 13 + 1e-4).all()  # one cell (12.8 px in a 256-px frame) -> 13 px
@@ -257,4 +295,4 @@ def test_search_radius_follows_and_redetects(synthetic, lite_model):
     assert lost.any() and torch.equal(near.points[1:][lost], free.points[1:][lost])
     assert (near.points != free.points).any()  # the window changed some answer
     with pytest.raises(InvalidInputError, match="search_radius"):
-        track_video(synthetic, POINTS, search_radius=0, **kw)
+        TrackSettings(search_radius=0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import DownloadError, InvalidInputError
 from .files import atomic_path
+from .progress import ProgressBar
 
 __all__ = ["git_blob_id", "download_verified", "cache_root", "check_cache_dir", "download_timeout", "unreachable"]
 
@@ -139,24 +140,6 @@ def git_blob_id(data: bytes | str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _progress(total: int | None, label: str, enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    disabled = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes")
-    progress = Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=disabled or not enabled,
-        transient=True,
-    )
-    return progress, progress.add_task(label, total=total)
-
-
 def download_verified(
     url: str,
     dest: str | os.PathLike,
@@ -170,7 +153,7 @@ def download_verified(
     The body is streamed to a temporary file in ``dest``'s folder while its blob id is computed (from the
     ``Content-Length``; without one the file is hashed once it is complete). A transfer that ends early, a
     server that sends nothing for ``timeout`` seconds, an HTTP error or a blob id that does not match raises
-    :class:`~distilldift.DownloadError` naming the URL, and the temporary file is deleted.
+    :class:`~distilldift.errors.DownloadError` naming the URL, and the temporary file is deleted.
 
     Args:
         url: ``http(s)://`` or ``file://`` URL. Proxies come from the usual environment variables.
@@ -216,14 +199,13 @@ def _stream(url: str, tmp: Path, *, timeout: float, progress: bool, label: str) 
             length = response.headers.get("Content-Length")
             size = int(length) if length and length.isdigit() else None
             hasher = _blob_hasher(size) if size is not None else None
-            bar, task = _progress(size, label, progress)
-            with bar, open(tmp, "wb") as f:
+            with ProgressBar(progress, size, label, unit="bytes") as bar, open(tmp, "wb") as f:
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
                     received += len(chunk)
                     if hasher is not None:
                         hasher.update(chunk)
-                    bar.update(task, advance=len(chunk))
+                    bar.advance(len(chunk))
     except urllib.error.HTTPError as e:
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
     except TimeoutError as e:

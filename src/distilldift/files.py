@@ -184,3 +184,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: object, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON (UTF-8, a final newline) to ``path`` atomically; returns the path.
+
+    Example:
+        >>> import json, tempfile
+        >>> p = write_json(tempfile.mkdtemp() + "/r.json", {"pck": 0.5})
+        >>> json.loads(p.read_text())
+        {'pck': 0.5}
+    """
+    import json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+    return path

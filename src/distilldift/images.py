@@ -229,7 +229,7 @@ class GridGeometry:
 
     Example:
         >>> import torch
-        >>> from distilldift import GridGeometry
+        >>> from distilldift.images import GridGeometry
         >>> g = GridGeometry(image_size=(620, 310), input_size=(434, 434), grid_size=(31, 31))
         >>> g.image_to_grid(torch.tensor([[9.5, 4.5]]))
         tensor([[0., 0.]])

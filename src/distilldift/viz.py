@@ -94,7 +94,8 @@ def draw_heatmap(
 
     Args:
         image: any image input accepted by :func:`load_image`, ``W x H``.
-        heat: ``(H, W)`` values at the image's pixels, e.g. one map of :func:`distilldift.matching.similarity_heatmaps`.
+        heat: ``(H, W)`` values at the image's pixels, e.g. one map of
+            :func:`~distilldift.matching.points.similarity_heatmaps`.
         point: optional pixel ``(x, y)`` to mark (the match): a ring in ``colour``, filled when ``mutual``.
         alpha: opacity of the colours (0: the image only, 1: the map only).
         vmin, vmax: the values shown as the coldest / hottest colour (default: the map's minimum / maximum).
@@ -158,7 +159,8 @@ def draw_heatmap_rows(
 
     Args:
         query, points: ``(N, 2)`` pixel ``(x, y)`` in ``img1`` / ``img2``; ``heats``: ``(N, H2, W2)`` (e.g.
-            :func:`distilldift.matching.similarity_heatmaps`); ``mutual``: ``(N,)`` bool (hollow marker if False).
+            :func:`~distilldift.matching.points.similarity_heatmaps`); ``mutual``: ``(N,)`` bool (hollow marker if
+            False).
         height: height of each row in drawing pixels.
 
     Returns:
@@ -318,7 +320,7 @@ def render_tracks(video, tracks, out: str | os.PathLike, *, trail: int = 12, fps
     except ImportError:
         raise MissingDependencyError("rendering video needs PyAV: pip install 'distilldift[video]'") from None
 
-    from .frames import iter_frames
+    from .tracking.frames import iter_frames
 
     out = check_output(out, VIDEO_FORMATS, "video output")
     rate = fps or tracks.fps or 10.0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+from ..lazy import lazy_exports
 from .base import DatasetError, Pair, PairDataset
-from .cub import read_cub
-from .pf import read_pf_pascal, read_pf_willow
-from .spair import SPAIR_LEFT_RIGHT, read_spair
-from .tapvid import TapVidVideo, read_tapvid
 
 __all__ = [
     "DATASETS",
@@ -26,13 +24,35 @@ __all__ = [
     "TRACKING_DATASETS",
 ]
 
+_READERS = {
+    "read_spair": "spair",
+    "read_pf_willow": "pf",
+    "read_pf_pascal": "pf",
+    "read_cub": "cub",
+    "read_tapvid": "tapvid",
+    "SPAIR_LEFT_RIGHT": "spair",
+    "TapVidVideo": "tapvid",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _READERS)  # readers import on first use: `--help` stays light
+
+
+def _reader(name: str):
+    """The reader ``name``, imported when first called."""
+
+    def read(*args, **kwargs):
+        return getattr(importlib.import_module(f"{__name__}.{_READERS[name]}"), name)(*args, **kwargs)
+
+    read.__name__ = read.__qualname__ = name
+    return read
+
+
 DATASETS = {
-    "spair": read_spair,
-    "pf-willow": read_pf_willow,
-    "pf-pascal": read_pf_pascal,
-    "cub": read_cub,
+    "spair": _reader("read_spair"),
+    "pf-willow": _reader("read_pf_willow"),
+    "pf-pascal": _reader("read_pf_pascal"),
+    "cub": _reader("read_cub"),
 }  # image pairs with keypoints
-TRACKING_DATASETS = {"tapvid": read_tapvid}  # videos with point tracks (a TAP-Vid pickle or a folder of clips)
+TRACKING_DATASETS = {"tapvid": _reader("read_tapvid")}  # videos with point tracks (a TAP-Vid pickle or clips)
 
 
 def read_dataset(name: str, root: str | Path, split: str = "test") -> PairDataset:

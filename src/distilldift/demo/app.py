@@ -8,6 +8,7 @@ the session's temporary folder (Gradio's uploads included).
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 try:  # an optional extra; build_app says how to install it
     import gradio as gr
@@ -16,8 +17,8 @@ except ImportError:  # pragma: no cover - tested by the message
 
 from ..errors import DistillDiftError, InvalidInputError, MissingDependencyError
 from ..images import load_image
-from ..matching import list_localizers
-from ..variants import DEFAULT_VARIANT, RESIZE_MODES, list_variants
+from ..matching.localizers import list_localizers
+from ..models.variants import DEFAULT_VARIANT, RESIZE_MODES, list_variants
 from ..viz import palette
 from .session import DemoSession, DemoSettings, side_by_side
 
@@ -66,15 +67,16 @@ def _table(results, points) -> str:
     return "\n".join(lines)
 
 
-def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = None):
-    """The demo as a ``gradio.Blocks`` (not launched). ``model``: the initially selected model (variant or folder)."""
-    session = session or DemoSession()
-    os.environ["GRADIO_TEMP_DIR"] = str(session.workdir / "uploads")  # uploads stay in the session's folder
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    _require_gradio()
-    models = list_variants() if model in list_variants() else [model, *list_variants()]
+_PROGRESS = gr.Progress() if gr is not None else None  # Gradio reports progress to a handler with this default
 
-    def load_source(path):
+
+class _Handlers:
+    """What the page's events do, on one :class:`DemoSession` (each returns the values of its outputs)."""
+
+    def __init__(self, session: DemoSession):
+        self.session = session
+
+    def load_source(self, path):
         if path is None:
             return None, [], None, "", None, ""
         try:
@@ -83,7 +85,7 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
             return None, [], None, "", None, _message(e)
         return path, [], None, "", None, f"source: {Path(path).name} - click a point on it"
 
-    def compute(src, points, targets, *opts):
+    def compute(self, src, points, targets, *opts):
         """(source drawing, gallery, table, json file, status) for the current points."""
         if src is None:
             return gr.update(), None, "", None, "upload a source image first (or use the sample photos)"
@@ -98,12 +100,12 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
                 problems.append(f"{name} is not an image we can read (corrupt or another kind of file): left out")
         try:
             img = load_image(src)
-            drawing = session.draw_points(img, points)
+            drawing = self.session.draw_points(img, points)
             if not good:
                 note = "add one or more target images (or use the sample photos)"
                 return drawing, None, "", None, "; ".join([*(_message(p) for p in problems), note])
-            results = session.click(img, good, points, settings, names=names)
-            path = session.save_json(results, Path(src).name, (img.shape[-1], img.shape[-2]), settings)
+            results = self.session.click(img, good, points, settings, names=names)
+            path = self.session.save_json(results, Path(src).name, (img.shape[-1], img.shape[-2]), settings)
         except DistillDiftError as e:
             return gr.update(), None, "", None, _message(e)
         gallery = side_by_side([r.overlay for r in results])
@@ -111,38 +113,38 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
         status = "; ".join([*(_message(p) for p in problems), status])
         return drawing, gallery, _table(results, points), str(path), status
 
-    def on_click(src, points, targets, model, method, pose_align, size, resize, evt: gr.SelectData):
+    def on_click(self, src, points, targets, model, method, pose_align, size, resize, evt: gr.SelectData):
         if src is None:
             return gr.update(), points, None, "", None, "upload a source image first (or use the sample photos)"
         points = [*points, [float(evt.index[0]), float(evt.index[1])]]
-        drawing, *rest = compute(src, points, targets, model, method, pose_align, size, resize)
+        drawing, *rest = self.compute(src, points, targets, model, method, pose_align, size, resize)
         return (drawing, points, *rest)
 
-    def refresh(src, points, targets, *opts):
-        out = compute(src, points, targets, *opts)
+    def refresh(self, src, points, targets, *opts):
+        out = self.compute(src, points, targets, *opts)
         return out if src is not None else (gr.update(), None, "", None, out[-1])
 
-    def samples():
-        paths = [str(p) for p in session.sample_paths()]
+    def samples(self):
+        paths = [str(p) for p in self.session.sample_paths()]
         return paths[0], paths[0], [], [paths[1]], "sample photos: click a point on the cat"
 
-    def load_frame(video, index):
+    def load_frame(self, video, index):
         if video is None:
             return None, [], ""
         try:
-            frame = session.video_frame(video, int(index or 0))
+            frame = self.session.video_frame(video, int(index or 0))
         except DistillDiftError as e:
             return None, [], _message(e)
         return frame, [], f"frame {int(index or 0)}: click the points to follow"
 
-    def on_frame_click(video, index, points, evt: gr.SelectData):
+    def on_frame_click(self, video, index, points, evt: gr.SelectData):
         if video is None:
             return gr.update(), points, "upload a clip first"
         points = [*points, [float(evt.index[0]), float(evt.index[1])]]
-        frame = session.draw_points(session.video_frame(video, int(index or 0)), points)
+        frame = self.session.draw_points(self.session.video_frame(video, int(index or 0)), points)
         return frame, points, f"{len(points)} point(s) on frame {int(index or 0)}: click more, or Track"
 
-    def run_track(video, index, points, *opts, progress=gr.Progress()):
+    def run_track(self, video, index, points, *opts, progress=_PROGRESS):
         if video is None:
             return None, None, "upload a clip first"
         if not points:
@@ -153,11 +155,20 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
             progress((done, total), desc="tracking", unit="frames")
 
         try:
-            overlay, tracks = session.track(video, points, settings, query_frame=int(index or 0), callback=report)
+            overlay, tracks = self.session.track(video, points, settings, query_frame=int(index or 0), callback=report)
         except DistillDiftError as e:
             return None, None, _message(e)
         return str(overlay), str(tracks), f"tracked {len(points)} point(s)"
 
+
+def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = None):
+    """The demo as a ``gradio.Blocks`` (not launched). ``model``: the initially selected model (variant or folder)."""
+    session = session or DemoSession()
+    os.environ["GRADIO_TEMP_DIR"] = str(session.workdir / "uploads")  # uploads stay in the session's folder
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    _require_gradio()
+    models = list_variants() if model in list_variants() else [model, *list_variants()]
+    h = _Handlers(session)
     with gr.Blocks(title="distilldift demo", analytics_enabled=False) as demo:
         gr.Markdown(
             "## distilldift: semantic correspondence\n"
@@ -198,20 +209,29 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
             tracked = gr.Video(label="tracks", elem_id="tracked")
             tracks_file = gr.File(label="tracks (JSON)", elem_id="tracks-file")
 
-        results = [source, gallery, table, download, status]
-        source.upload(load_source, [source], [src_state, points_state, gallery, table, download, status])
-        source.select(on_click, [src_state, points_state, targets, *opts], [source, points_state, *results[1:]])
-        for trigger in (targets.change, *(c.change for c in opts)):
-            trigger(refresh, [src_state, points_state, targets, *opts], results)
-        clear_btn.click(lambda: [], None, points_state).then(
-            refresh, [src_state, points_state, targets, *opts], results
-        )
-        sample_btn.click(samples, None, [source, src_state, points_state, targets, status])
-        video.change(load_frame, [video, query_frame], [frame, video_points, status])
-        query_frame.submit(load_frame, [video, query_frame], [frame, video_points, status])
-        frame.select(on_frame_click, [video, query_frame, video_points], [frame, video_points, status])
-        track_btn.click(run_track, [video, query_frame, video_points, *opts], [tracked, tracks_file, status])
+        _wire(h, SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("h", "session", "demo")}))
     return demo
+
+
+def _wire(h: _Handlers, ui: SimpleNamespace) -> None:
+    """Connect the page's components (``ui``: the names of :func:`build_app`'s layout) to the handlers."""
+    opts = ui.opts
+    inputs = [ui.src_state, ui.points_state, ui.targets, *opts]
+    results = [ui.source, ui.gallery, ui.table, ui.download, ui.status]
+    ui.source.upload(
+        h.load_source, [ui.source], [ui.src_state, ui.points_state, ui.gallery, ui.table, ui.download, ui.status]
+    )
+    ui.source.select(h.on_click, inputs, [ui.source, ui.points_state, *results[1:]])
+    for trigger in (ui.targets.change, *(option.change for option in opts)):
+        trigger(h.refresh, inputs, results)
+    ui.clear_btn.click(lambda: [], None, ui.points_state).then(h.refresh, inputs, results)
+    ui.sample_btn.click(h.samples, None, [ui.source, ui.src_state, ui.points_state, ui.targets, ui.status])
+    frame_out = [ui.frame, ui.video_points, ui.status]
+    ui.video.change(h.load_frame, [ui.video, ui.query_frame], frame_out)
+    ui.query_frame.submit(h.load_frame, [ui.video, ui.query_frame], frame_out)
+    ui.frame.select(h.on_frame_click, [ui.video, ui.query_frame, ui.video_points], frame_out)
+    track_in = [ui.video, ui.query_frame, ui.video_points, *opts]
+    ui.track_btn.click(h.run_track, track_in, [ui.tracked, ui.tracks_file, ui.status])
 
 
 def launch(

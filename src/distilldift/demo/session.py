@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import InvalidInputError
-from ..features import FeatureMap, extract_feature_maps
+from ..features.extract import FeatureMap, ImageCache, extract_feature_maps
 from ..images import load_image
-from ..matching import Matches, MatchSettings, match_feature_maps, match_record, similarity_heatmaps
-from ..model import DistillDiftModel
+from ..matching.points import Matches, match_feature_maps, match_record, similarity_heatmaps
+from ..matching.settings import MatchSettings
+from ..models.model import DistillDiftModel
 from ..viz import draw_heatmap, palette, to_pil
 
 __all__ = ["DemoSettings", "TargetResult", "DemoSession", "side_by_side"]
@@ -69,7 +69,7 @@ class DemoSession:
 
     Example:
         >>> import torch
-        >>> from distilldift import create_model
+        >>> from distilldift.weights import create_model
         >>> from distilldift.demo.session import DemoSession, DemoSettings
         >>> session = DemoSession(loader=lambda name: create_model("dinov2_b14_reg", embed_dim=32, depth=1,
         ...                                                        num_heads=2))
@@ -92,11 +92,18 @@ class DemoSession:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="distilldift-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._models: dict[str, DistillDiftModel] = {}
-        self._features: OrderedDict[tuple, FeatureMap] = OrderedDict()
-        self._cache_size = cache_size
+        self._features = ImageCache(None, cache_size)  # the library's one feature cache, keyed by content here
         self._frame: tuple | None = None  # (video, index) -> its frame, the last one asked for
-        self.hits = 0  # feature maps served from the cache (tests, the latency benchmark)
-        self.misses = 0
+
+    @property
+    def hits(self) -> int:
+        """Feature maps served from the cache (tests, the latency benchmark)."""
+        return self._features.hits
+
+    @property
+    def misses(self) -> int:
+        """Feature maps computed."""
+        return self._features.computed
 
     # ------------------------------------------------------------------------------------------ models, features
     def model(self, name: str) -> DistillDiftModel:
@@ -105,7 +112,7 @@ class DemoSession:
             if self._loader is not None:
                 self._models[name] = self._loader(name)
             else:
-                from ..loading import load_model
+                from ..weights.loading import load_model
 
                 self._models[name] = load_model(name, device=self.device)
         return self._models[name]
@@ -114,17 +121,12 @@ class DemoSession:
         """Features of ``image`` ``(3, H, W)`` (or of its mirror image) under ``settings``, cached by content."""
         digest = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
         key = (digest, tuple(image.shape), settings.model, settings.size, settings.resize, mirrored)
-        if key in self._features:
-            self._features.move_to_end(key)
-            self.hits += 1
-            return self._features[key]
-        self.misses += 1
-        x = image.flip(-1) if mirrored else image
-        fmap = extract_feature_maps(self.model(settings.model), [x], size=settings.size, resize=settings.resize)[0]
-        self._features[key] = fmap
-        while len(self._features) > self._cache_size:
-            self._features.popitem(last=False)
-        return fmap
+
+        def make() -> FeatureMap:
+            x = image.flip(-1) if mirrored else image
+            return extract_feature_maps(self.model(settings.model), [x], size=settings.size, resize=settings.resize)[0]
+
+        return self._features.lookup(key, make)
 
     # ------------------------------------------------------------------------------------------ images
     def click(
@@ -143,17 +145,16 @@ class DemoSession:
         """
         src_img = load_image(source)
         pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
-        ms = MatchSettings(method=settings.method)
-        flip = "auto" if settings.pose_align else False
+        ms = MatchSettings(method=settings.method, flip="auto" if settings.pose_align else False)
         src = self.feature_map(src_img, settings)
-        mirrored = self.feature_map(src_img, settings, mirrored=True) if flip else None
+        mirrored = self.feature_map(src_img, settings, mirrored=True) if ms.flip else None
         colours = palette(max(1, pts.shape[0]))
         results = []
         for i, target in enumerate(targets):
             tgt_img = load_image(target)
             dst = self.feature_map(tgt_img, settings)
             name = names[i] if names is not None else f"target {i + 1}"
-            m = match_feature_maps(src, dst, pts, mirrored=mirrored, flip=flip, settings=ms)
+            m = match_feature_maps(src, dst, pts, mirrored=mirrored, settings=ms)
             if len(m) == 0:
                 overlay = to_pil(tgt_img)
             else:
@@ -203,7 +204,7 @@ class DemoSession:
     # ------------------------------------------------------------------------------------------ video
     def video_frame(self, video: str | os.PathLike, index: int = 0) -> Image.Image:
         """Frame ``index`` of ``video`` (where the user clicks the points to follow)."""
-        from ..frames import iter_frames
+        from ..tracking.frames import iter_frames
 
         if index < 0:
             raise InvalidInputError(f"the query frame must be >= 0, got {index}")
@@ -228,7 +229,7 @@ class DemoSession:
     ) -> tuple[Path, Path]:
         """Track ``points`` (pixels of frame ``query_frame``) through ``video``; returns the overlay video and the
         tracks (``.json``), both in :attr:`workdir`."""
-        from ..video import track_video
+        from ..tracking.track import TrackSettings, track_video
         from ..viz import render_tracks
 
         pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
@@ -241,8 +242,7 @@ class DemoSession:
             query_frame=query_frame,
             size=settings.size,
             resize=settings.resize,
-            method=settings.method,
-            progress=False,
+            settings=TrackSettings(match=MatchSettings(method=settings.method)),
             callback=callback,
         )
         overlay = Path(render_tracks(video, tracks, self.workdir / "tracks.mp4"))

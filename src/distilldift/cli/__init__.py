@@ -1,0 +1,1 @@
+"""The ``distilldift`` command: parses, calls the library, prints (``app``: the commands)."""
