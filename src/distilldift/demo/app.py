@@ -209,7 +209,27 @@ def build_app(model: str = DEFAULT_VARIANT, *, session: DemoSession | None = Non
             tracked = gr.Video(label="tracks", elem_id="tracked")
             tracks_file = gr.File(label="tracks (JSON)", elem_id="tracks-file")
 
-        _wire(h, SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("h", "session", "demo")}))
+        ui = SimpleNamespace(
+            source=source,
+            gallery=gallery,
+            table=table,
+            download=download,
+            status=status,
+            src_state=src_state,
+            points_state=points_state,
+            targets=targets,
+            opts=opts,
+            clear_btn=clear_btn,
+            sample_btn=sample_btn,
+            video=video,
+            query_frame=query_frame,
+            frame=frame,
+            video_points=video_points,
+            track_btn=track_btn,
+            tracked=tracked,
+            tracks_file=tracks_file,
+        )
+        _wire(h, ui)
     return demo
 
 

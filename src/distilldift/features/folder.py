@@ -508,10 +508,7 @@ def extract_to_file(
         >>> load_features(root / "f.safetensors")[1]["images"][0]["image"]
         'a.png'
     """
-    if dtype not in FEATURE_DTYPES:
-        raise InvalidInputError(f"dtype {dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    ExtractSettings(batch_size=batch_size, dtype=dtype)  # the same checks (and messages) as a folder's
     items = [
         item
         for source in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)

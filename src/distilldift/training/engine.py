@@ -30,6 +30,7 @@ from ..models.variants import get_variant
 from ..weights.loading import load_model
 from ..weights.publish import save_pretrained
 from .config import TrainConfig
+from .settings import Section
 
 __all__ = ["Objective", "Run", "run_training", "build_student", "CHECKPOINT", "RUN_FILES"]
 
@@ -88,12 +89,14 @@ class Objective:
         return "", ""
 
 
-def _flat(settings: dict, prefix: str = "") -> dict:
-    """``{"distill": {"k": 3}}`` -> ``{"distill.k": 3}``: a recipe's settings by their override keys."""
-    out = {}
+def _flat(settings: dict, section: type = TrainConfig, prefix: str = "") -> dict:
+    """``{"distill": {"k": 3}}`` -> ``{"distill.k": 3}``: a recipe's settings by their override keys (nested
+    sections are those of the config's own structure; dict-valued settings stay whole)."""
+    defaults, out = section.defaults(), {}
     for key, value in settings.items():
-        if isinstance(value, dict) and key != "student_overrides":
-            out.update(_flat(value, f"{prefix}{key}."))
+        sub = defaults.get(key)
+        if isinstance(sub, Section) and isinstance(value, dict):
+            out.update(_flat(value, type(sub), f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out

@@ -15,7 +15,7 @@ from huggingface_hub import try_to_load_from_cache
 from ..download import check_cache_dir
 from ..errors import WeightsNotFoundError
 from ..models.build import build_model, folder_getter, hub_getter, load_folder, read_config, split_revision
-from ..models.layout import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME
+from ..models.layout import ADAPTER_WEIGHTS_NAME, CONFIG_NAME, WEIGHTS_NAME
 from ..models.lite import lite0_available
 from ..models.model import DistillDiftModel
 from ..models.variants import Variant, get_variant
@@ -248,9 +248,7 @@ class HubRepo(WeightSource):
         return f"hf-hub:{self.repo}" + (f"@{self.revision}" if self.revision else "")
 
     def cached(self) -> bool:
-        hit = try_to_load_from_cache(
-            self.repo, "distilldift_config.json", cache_dir=self.cache_dir, revision=self.revision
-        )
+        hit = try_to_load_from_cache(self.repo, CONFIG_NAME, cache_dir=self.cache_dir, revision=self.revision)
         return isinstance(hit, str)
 
     def load(self, local_only: bool = False) -> DistillDiftModel:
