@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,29 +112,61 @@ def test_depth_maps_of_another_size_than_the_image(tmp_path, scene):
         _view(half[0])
 
 
-def test_reader_names_what_is_missing(scene, tmp_path):
-    root, _ = scene
-    with pytest.raises(DatasetError, match="no category folder with a frame_annotations.jgz"):
-        read_co3d(tmp_path)
-    write_scene(tmp_path / "a", cameras=CAMERAS[:2])
-    (tmp_path / "a" / "box" / "seq_0" / "depths" / "frame000002.png.geometric.png").unlink()
-    with pytest.raises(DatasetError, match="missing depth map .*frame000002"):
-        read_co3d(tmp_path / "a")
-    assert len(read_co3d(tmp_path / "a", need_depth=False)) == 2
-    ann = tmp_path / "a" / "box" / "frame_annotations.jgz"
+def _edit_annotations(root, edit):
+    """Rewrite the box category's ``frame_annotations.jgz`` (gzipped JSON list of frame records) through ``edit``."""
+    ann = root / "box" / "frame_annotations.jgz"
     records = json.loads(gzip.decompress(ann.read_bytes()))
+    edit(records)
+    ann.write_bytes(gzip.compress(json.dumps(records).encode()))
+
+
+def _no_focal_length(records):
     del records[1]["viewpoint"]["focal_length"]
-    ann.write_bytes(gzip.compress(json.dumps(records).encode()))
-    with pytest.raises(DatasetError, match="record 1: missing field 'focal_length'"):
-        read_co3d(tmp_path / "a", need_depth=False)
-    records[1]["viewpoint"]["focal_length"] = [1, 1]
+
+
+def _pixel_intrinsics(records):
     records[1]["viewpoint"]["intrinsics_format"] = "pixels"
-    ann.write_bytes(gzip.compress(json.dumps(records).encode()))
-    with pytest.raises(DatasetError, match="unknown intrinsics_format 'pixels'"):
-        read_co3d(tmp_path / "a", need_depth=False)
-    ann.write_bytes(b"not gzip")
-    with pytest.raises(DatasetError, match="corrupt annotation file"):
-        read_co3d(tmp_path / "a", need_depth=False)
+
+
+_BAD_SCENES = {  # case -> (spoil the written scene, needs depth, message)
+    "no category folder": (lambda root: shutil.rmtree(root / "box"), True, "no category folder with a frame_annot"),
+    "missing depth map": (
+        lambda root: (root / "box" / "seq_0" / "depths" / "frame000002.png.geometric.png").unlink(),
+        True,
+        "missing depth map .*frame000002",
+    ),
+    "record without a field": (
+        lambda root: _edit_annotations(root, _no_focal_length),
+        False,
+        "record 1: missing field 'focal_length'",
+    ),
+    "unknown intrinsics format": (
+        lambda root: _edit_annotations(root, _pixel_intrinsics),
+        False,
+        "unknown intrinsics_format 'pixels'",
+    ),
+    "annotations not gzip": (
+        lambda root: (root / "box" / "frame_annotations.jgz").write_bytes(b"not gzip"),
+        False,
+        "corrupt annotation file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_SCENES))
+def test_reader_names_what_is_missing(tmp_path, case):
+    spoil, need_depth, message = _BAD_SCENES[case]
+    write_scene(tmp_path, cameras=CAMERAS[:2])
+    assert len(read_co3d(tmp_path, need_depth=need_depth)) == 2
+    spoil(tmp_path)
+    with pytest.raises(DatasetError, match=message):
+        read_co3d(tmp_path, need_depth=need_depth)
+
+
+def test_depth_is_optional_when_not_needed(tmp_path):
+    write_scene(tmp_path, cameras=CAMERAS[:2])
+    (tmp_path / "box" / "seq_0" / "depths" / "frame000002.png.geometric.png").unlink()
+    assert len(read_co3d(tmp_path, need_depth=False)) == 2
 
 
 MICRO = [

@@ -97,16 +97,28 @@ def test_json_download_is_the_cli_format(session, photos, tmp_path):
     assert isinstance(json.loads(two.read_text()), list)
 
 
-def test_bad_inputs_give_messages(session, photos, tmp_path):
-    src, _ = photos
+def _click_on_a_bad_image(session, src, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(ImageLoadError):
-        session.click(src, [bad], POINTS[:1], DemoSettings())
-    with pytest.raises(InvalidInputError, match="outside"):
-        session.click(src, [src], [[5000.0, 10.0]], DemoSettings())
-    with pytest.raises(InvalidInputError, match="click at least one point"):
-        session.track(tmp_path / "clip.mp4", [], DemoSettings())
+    session.click(src, [bad], POINTS[:1], DemoSettings())
+
+
+@pytest.mark.parametrize(
+    "act, error, message",
+    [
+        (_click_on_a_bad_image, ImageLoadError, "bad.png"),
+        (lambda s, src, tmp: s.click(src, [src], [[5000.0, 10.0]], DemoSettings()), InvalidInputError, "outside"),
+        (
+            lambda s, src, tmp: s.track(tmp / "clip.mp4", [], DemoSettings()),
+            InvalidInputError,
+            "click at least one point",
+        ),
+    ],
+    ids=["bad target image", "click outside", "track without points"],
+)
+def test_bad_inputs_give_messages(session, photos, tmp_path, act, error, message):
+    with pytest.raises(error, match=message):
+        act(session, photos[0], tmp_path)
 
 
 def test_video_tab_tracks_into_the_work_folder(session, tmp_path):

@@ -174,18 +174,34 @@ def test_unreachable_hub(hub, monkeypatch, tmp_path):
         load_model("someone/model", cache_dir=tmp_path)
 
 
-def test_bad_names_and_folders(tmp_path, tiny_model):
-    with pytest.raises(UnknownVariantError, match="not a registered variant"):
-        load_model("no such thing")
-    with pytest.raises(UnknownVariantError):
-        load_model("./missing/folder/x")
-    (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(InvalidInputError, match="is a file"):
-        load_model(tmp_path / "f.txt")
-    save_pretrained(tiny_model, tmp_path / "m")
-    (tmp_path / "m" / "model.safetensors").unlink()
-    with pytest.raises(WeightsNotFoundError, match="missing file 'model.safetensors' in model folder"):
-        load_model(tmp_path / "m")
+def _a_text_file(folder, model):
+    (folder / "f.txt").write_text("x")
+    return folder / "f.txt"
+
+
+def _a_folder_without_weights(folder, model):
+    save_pretrained(model, folder / "m")
+    (folder / "m" / "model.safetensors").unlink()
+    return folder / "m"
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda folder, model: "no such thing", UnknownVariantError, "not a registered variant"),
+        (
+            lambda folder, model: "./missing/folder/x",
+            UnknownVariantError,
+            "'./missing/folder/x' is not a .*an existing folder",
+        ),
+        (_a_text_file, InvalidInputError, "is a file"),
+        (_a_folder_without_weights, WeightsNotFoundError, "missing file 'model.safetensors' in model folder"),
+    ],
+    ids=["unknown name", "missing folder", "a file", "folder without weights"],
+)
+def test_bad_names_and_folders(tmp_path, tiny_model, make, error, message):
+    with pytest.raises(error, match=message):
+        load_model(make(tmp_path, tiny_model))
 
 
 def _truncate_adapter(m):

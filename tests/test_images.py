@@ -60,23 +60,27 @@ def test_batches_and_lists():
     assert [t.shape[-1] for t in load_images([np.zeros((5, 6)), np.zeros((5, 7))])] == [6, 7]
 
 
+def _half_a_jpeg(path):
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
 @pytest.mark.parametrize(
-    "content, message",
-    [(b"", r"empty \(0 bytes\)"), (b"this is not an image", "could not decode"), (None, "truncated")],
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), r"empty \(0 bytes\)"),
+        (lambda p: p.write_bytes(b"this is not an image"), "could not decode"),
+        (_half_a_jpeg, "could not decode"),  # a real JPEG cut short
+        (lambda p: None, "not found"),
+        (lambda p: p.mkdir(), "folder"),
+    ],
+    ids=["empty", "not an image", "truncated", "missing", "a folder"],
 )
-def test_bad_files(tmp_path, content, message):
+def test_bad_files(tmp_path, make, message):
     p = tmp_path / "bad.jpg"
-    if content is None:  # a real JPEG cut in half
-        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(p)
-        content = p.read_bytes()[:200]
-        message = "could not decode"
-    p.write_bytes(content)
+    make(p)
     with pytest.raises(ImageLoadError, match=message):
         load_image(p)
-    with pytest.raises(ImageLoadError, match="not found"):
-        load_image(tmp_path / "missing.png")
-    with pytest.raises(ImageLoadError, match="folder"):
-        load_image(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ import torch
 from authors_code import AUTHORS, eval_args, eval_program, on_cpu, requires_authors, train_program
 from benchmark_layouts import pf_willow_download, spair_layout
 from conftest import requires_shared
+from distilldift import MatchSettings
 from distilldift.datasets import read_pf_willow, read_spair
 from distilldift.evaluation.paper import TRAIN_PROGRAM, PaperEvaluator
 from distilldift.evaluation.pck import evaluate
@@ -245,28 +246,51 @@ def test_flip_plan_swaps_partners_and_keeps_orphans():
     assert order == [1, 0, 2, 3] and replace.tolist() == [True, True, True, False]
 
 
-def test_paper_protocol_refusals_and_records(tmp_path, tiny_model):
-    from distilldift import MatchSettings, Variant, load_model
-    from distilldift.datasets import Pair, PairDataset
-    from distilldift.errors import InvalidInputError
-    from distilldift.weights import create_model
-
-    pts = np.array([[10.0, 12.0]])
-    img = tmp_path / "a.png"
+def _one_pair(folder):
     from PIL import Image
 
+    from distilldift.datasets import Pair, PairDataset
+
+    pts = np.array([[10.0, 12.0]])
+    img = folder / "a.png"
     Image.new("RGB", (40, 30), (90, 20, 200)).save(img)
-    data = PairDataset("spair", tmp_path, [Pair("cat", img, img, pts, pts, (0, 0, 20, 20), (0,))])
-    nn, flip = MatchSettings(method="nn"), MatchSettings(flip="auto")
-    for kw, name in ((dict(settings=nn), "settings"), (dict(settings=flip), "settings"), (dict(size=56), "size")):
-        with pytest.raises(InvalidInputError, match=f"protocol='paper' sets the matching itself; leave {name} unset"):
-            evaluate(data, tiny_model, protocol="paper", progress=False, **kw)
-    with pytest.raises(InvalidInputError, match="protocol must be one of default, paper or a PaperProtocol"):
-        evaluate(data, tiny_model, protocol="authors", progress=False)
+    return PairDataset("spair", folder, [Pair("cat", img, img, pts, pts, (0, 0, 20, 20), (0,))])
+
+
+_SETS_ITSELF = "protocol='paper' sets the matching itself; leave {} unset"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(settings=MatchSettings(method="nn")), _SETS_ITSELF.format("settings")),
+        (dict(settings=MatchSettings(flip="auto")), _SETS_ITSELF.format("settings")),
+        (dict(size=56), _SETS_ITSELF.format("size")),
+        (dict(protocol="authors"), "protocol must be one of default, paper or a PaperProtocol"),
+        (dict(protocol=PaperProtocol(input_size=50)), "input size 50 is not a multiple of 14"),
+    ],
+    ids=["method", "flip", "size", "unknown protocol", "input size"],
+)
+def test_paper_protocol_refusals(tmp_path, tiny_model, kwargs, message):
+    from distilldift.errors import InvalidInputError
+
+    kwargs = {"protocol": "paper", **kwargs}
+    with pytest.raises(InvalidInputError, match=message):
+        evaluate(_one_pair(tmp_path), tiny_model, progress=False, **kwargs)
+
+
+def test_paper_protocol_checks_its_fields():
+    from distilldift.errors import InvalidInputError
+
     with pytest.raises(InvalidInputError, match="PaperProtocol.window must be a whole number >= 0"):
         PaperProtocol(window=-1)
-    with pytest.raises(InvalidInputError, match="input size 50 is not a multiple of 14"):
-        evaluate(data, tiny_model, protocol=PaperProtocol(input_size=50), progress=False)
+
+
+def test_paper_protocol_records(tmp_path, tiny_model):
+    from distilldift import Variant, load_model
+    from distilldift.weights import create_model
+
+    data = _one_pair(tmp_path)
     r = evaluate(data, tiny_model, protocol=PaperProtocol(input_size=56, pose_align=True), progress=False)
     assert r.settings["protocol"] == "paper" and r.settings["program"] == "eval/eval.py" and r.n_points == 1
     assert r.per_point["img"][0.1] == 1.0 and "the authors' protocol (eval/eval.py): 56x56 input" in r.protocol

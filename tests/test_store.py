@@ -157,7 +157,7 @@ def test_torchrun_processes_share_the_shards(images, model_folder, tmp_path):
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
 
 
-def test_bad_images_and_mismatched_reruns(images, model, tmp_path):
+def test_bad_images_keep_finished_shards_and_are_skipped_on_request(images, model, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(images, src)
     (src / "img03.jpg").write_bytes(b"not an image")
@@ -173,18 +173,46 @@ def test_bad_images_and_mismatched_reruns(images, model, tmp_path):
     assert len(store) == 22 and sorted(store.unreadable) == ["img03.jpg", "sub/img99.png"]
     with pytest.raises(UnknownImageError, match="'img03.jpg' is not in .*could not be read: could not decode"):
         store["img03.jpg"]
-    with pytest.raises(InvalidInputError, match=r"holds features of another run \(size: 56, this run: 70\)"):
-        extract_to_folder(src, tmp_path / "f", model, size=70, settings=ExtractSettings(shard_size=2))
+
+
+def _one_more_image(src, images):
     (src / "extra.png").write_bytes((images / "img01.png").read_bytes())
-    with pytest.raises(InvalidInputError, match=r"another run \(images: 24, this run: 25\)"):
-        extract_to_folder(src, tmp_path / "f", model, size=56, settings=ExtractSettings(shard_size=2))
+    return 56
+
+
+_OTHER_RUNS = {  # case -> (change the inputs, return the size to ask for; message)
+    "another size": (lambda src, images: 70, r"holds features of another run \(size: 56, this run: 70\)"),
+    "another image list": (_one_more_image, r"another run \(images: 23, this run: 24\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(_OTHER_RUNS))
+def test_a_rerun_with_other_inputs_is_refused(images, model, tmp_path, case):
+    change, message = _OTHER_RUNS[case]
+    src = tmp_path / "src"
+    shutil.copytree(images, src)
+    extract_to_folder(src, tmp_path / "f", model, size=56, settings=ExtractSettings(shard_size=2, decoders=0))
+    before = _files(tmp_path / "f")
+    size = change(src, images)
+    with pytest.raises(InvalidInputError, match=message):
+        extract_to_folder(src, tmp_path / "f", model, size=size, settings=ExtractSettings(shard_size=2, decoders=0))
+    assert _files(tmp_path / "f") == before
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda folder, images, model: extract_to_folder(images, folder, model), "is not empty and holds no distil"),
+        (lambda folder, images, model: FeatureStore(folder), "not a features folder"),
+    ],
+    ids=["extract into it", "read it"],
+)
+def test_a_folder_of_other_files_is_never_touched(images, model, tmp_path, call, message):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(InvalidInputError, match="is not empty and holds no distilldift features"):
-        extract_to_folder(src, tmp_path / "other", model)
-    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
-    with pytest.raises(InvalidInputError, match="not a features folder"):
-        FeatureStore(tmp_path / "other")
+    with pytest.raises(InvalidInputError, match=message):
+        call(tmp_path / "other", images, model)
+    assert _files(tmp_path / "other") == {"notes.txt": b"mine"}
 
 
 def test_list_files_names_and_empty_inputs(images, model, tmp_path):

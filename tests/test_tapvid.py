@@ -1,5 +1,6 @@
 """TAP-Vid metrics on hand-made cases whose values are worked out exactly."""
 
+import datetime
 import pickle
 from fractions import Fraction
 
@@ -97,16 +98,32 @@ def test_mean_over_videos_weighs_videos_equally():
     assert m.videos == 2 and m.evaluated == 18
 
 
-def test_bad_inputs_name_the_field():
-    pred, pred_vis, gt, gt_vis = _case()
-    with pytest.raises(ShapeError, match=r"pred_visible: expected shape \(4,3\), got \(3, 4\)"):
-        tapvid_metrics(pred, pred_vis.T, gt, gt_vis, [0, 0, 0])
-    with pytest.raises(ShapeError, match="query_frames"):
-        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0])
-    with pytest.raises(InvalidInputError, match=r"query_frames must lie in \[0, 3\]"):
-        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 4])
-    with pytest.raises(InvalidInputError, match="query_mode must be one of first, strided"):
-        tapvid_metrics(pred, pred_vis, gt, gt_vis, [0, 0, 0], query_mode="all")
+_BAD_METRIC_INPUTS = {  # case -> (arguments made from the good ones, error, message)
+    "visibility transposed": (
+        lambda p, pv, g, gv: ((p, pv.T, g, gv, [0, 0, 0]), {}),
+        ShapeError,
+        r"pred_visible: expected shape \(4,3\), got \(3, 4\)",
+    ),
+    "one query frame short": (lambda p, pv, g, gv: ((p, pv, g, gv, [0, 0]), {}), ShapeError, "query_frames"),
+    "query frame past the end": (
+        lambda p, pv, g, gv: ((p, pv, g, gv, [0, 0, 4]), {}),
+        InvalidInputError,
+        r"query_frames must lie in \[0, 3\]",
+    ),
+    "unknown query mode": (
+        lambda p, pv, g, gv: ((p, pv, g, gv, [0, 0, 0]), {"query_mode": "all"}),
+        InvalidInputError,
+        "query_mode must be one of first, strided",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_METRIC_INPUTS))
+def test_bad_inputs_name_the_field(case):
+    make, error, message = _BAD_METRIC_INPUTS[case]
+    args, kwargs = make(*_case()[:4])
+    with pytest.raises(error, match=message):
+        tapvid_metrics(*args, **kwargs)
 
 
 def _still_clip(t=4, n=3, size=(40, 30), seed=0):
@@ -128,34 +145,47 @@ def test_pickle_round_trip_and_pixel_convention(tmp_path):
     np.testing.assert_allclose(b.points, clip["points"] * np.array([40, 30]) - 0.5)  # 0..1 edges -> pixel centres
 
 
-def test_reader_rejects_malformed_files_naming_the_field(tmp_path):
-    import datetime
-    import pickle
+def _without_occluded(clip):
+    del clip["occluded"]
 
+
+def _float_video(clip):
+    clip["video"] = clip["video"].astype(np.float32)
+
+
+def _two_frames_of_points(clip):
+    clip["points"] = clip["points"][:, :2]
+
+
+_MALFORMED_PICKLES = {  # case -> (bytes of the file, message)
+    "missing field": (lambda: _pickled(_without_occluded), "video 'v': missing field 'occluded'"),
+    "float video": (lambda: _pickled(_float_video), "field 'video' must be uint8"),
+    "points of another length": (lambda: _pickled(_two_frames_of_points), r"field 'points' must be \(N, 4, 2\)"),
+    # never constructed: a pickle cannot run code here
+    "a foreign object": (
+        lambda: pickle.dumps({"v": datetime.date(2020, 1, 1)}),
+        "asks for the Python object datetime.date",
+    ),
+    "not a pickle": (lambda: b"\x80\x04garbage", "cannot read"),
+}
+
+
+def _pickled(spoil):
+    """A one-clip TAP-Vid-DAVIS pickle (``{name: clip}``, as DeepMind ships it) with ``spoil`` applied to the clip."""
+    clip = _still_clip()
+    spoil(clip)
+    return pickle.dumps({"v": clip})
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED_PICKLES))
+def test_reader_rejects_malformed_files_naming_the_field(tmp_path, case):
     from distilldift.datasets import DatasetError
-    from distilldift.datasets.tapvid import read_tapvid, write_tapvid
+    from distilldift.datasets.tapvid import read_tapvid
 
-    bad = _still_clip()
-    del bad["occluded"]
-    write_tapvid(tmp_path / "a.pkl", {"v": bad})
-    with pytest.raises(DatasetError, match="video 'v': missing field 'occluded'"):
-        read_tapvid(tmp_path / "a.pkl")
-    bad = _still_clip()
-    bad["video"] = bad["video"].astype(np.float32)
-    write_tapvid(tmp_path / "b.pkl", {"v": bad})
-    with pytest.raises(DatasetError, match="field 'video' must be uint8"):
-        read_tapvid(tmp_path / "b.pkl")
-    bad = _still_clip()
-    bad["points"] = bad["points"][:, :2]
-    write_tapvid(tmp_path / "c.pkl", {"v": bad})
-    with pytest.raises(DatasetError, match=r"field 'points' must be \(N, 4, 2\)"):
-        read_tapvid(tmp_path / "c.pkl")
-    (tmp_path / "d.pkl").write_bytes(pickle.dumps({"v": datetime.date(2020, 1, 1)}))
-    with pytest.raises(DatasetError, match="asks for the Python object datetime.date"):
-        read_tapvid(tmp_path / "d.pkl")  # never constructed: a pickle cannot run code here
-    (tmp_path / "e.pkl").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(DatasetError, match="cannot read"):
-        read_tapvid(tmp_path / "e.pkl")
+    make, message = _MALFORMED_PICKLES[case]
+    (tmp_path / "set.pkl").write_bytes(make())
+    with pytest.raises(DatasetError, match=message):
+        read_tapvid(tmp_path / "set.pkl")
 
 
 def _jpeg_clip(t=4, n=3, size=(40, 30), seed=0):
@@ -253,28 +283,38 @@ def test_a_pickle_that_asks_for_os_system_is_refused_and_never_runs(tmp_path, pr
             list(read_tapvid(tmp_path / "codec.pkl"))
 
 
-def test_bad_encoded_frames_name_file_clip_and_frame(tmp_path):
+def _frames_with_a_broken_one():
+    clip, _ = _jpeg_clip(t=3)
+    return dict(clip, video=[clip["video"][0], clip["video"][1], b"not a jpeg"])
+
+
+def _frames_of_two_sizes():
+    clip, _ = _jpeg_clip(t=3)
+    small, _ = _jpeg_clip(t=2, size=(20, 10))
+    return dict(clip, video=[clip["video"][0], small["video"][0], clip["video"][2]])
+
+
+_BAD_SHARDS = {  # case -> (the clip in shard 0000, message)
+    "undecodable frame": (
+        _frames_with_a_broken_one,
+        r"0000_of_0010\.pkl.* video '0000': field 'video' frame 2 is not a decod",
+    ),
+    "frames of two sizes": (_frames_of_two_sizes, r"frame 1 is \(20, 10\), frame 0 \(40, 30\)"),
+    "no frames": (lambda: dict(_jpeg_clip(t=3)[0], video=[]), "field 'video' holds no frames"),
+    "no shards at all": (None, "neither .pkl shards"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_SHARDS))
+def test_bad_encoded_frames_name_file_clip_and_frame(tmp_path, case):
     from distilldift.datasets import DatasetError
     from distilldift.datasets.tapvid import read_tapvid
 
-    clip, _ = _jpeg_clip(t=3)
-    frames = list(clip["video"])
-    frames[2] = b"not a jpeg"
-    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=frames)]))
-    with pytest.raises(DatasetError, match=r"0000_of_0010\.pkl.* video '0000': field 'video' frame 2 is not a decod"):
-        list(read_tapvid(tmp_path))
-    small, _ = _jpeg_clip(t=2, size=(20, 10))
-    mixed = [clip["video"][0], small["video"][0], clip["video"][2]]
-    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=mixed)]))
-    with pytest.raises(DatasetError, match=r"frame 1 is \(20, 10\), frame 0 \(40, 30\)"):
-        read_tapvid(tmp_path)[0]
-    (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([dict(clip, video=[])]))
-    with pytest.raises(DatasetError, match="field 'video' holds no frames"):
-        read_tapvid(tmp_path)[0]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(DatasetError, match="neither .pkl shards"):
-        read_tapvid(empty)
+    make, message = _BAD_SHARDS[case]
+    if make is not None:
+        (tmp_path / "0000_of_0010.pkl").write_bytes(pickle.dumps([make()]))
+    with pytest.raises(DatasetError, match=message):
+        list(read_tapvid(tmp_path))  # frames are decoded when a clip is used
 
 
 def test_folder_of_clips(tmp_path):

@@ -39,13 +39,24 @@ def test_recipes():
     assert coco.weight_decay == 0.05 and coco.train == "lora" and coco.distill.k == 10
     tiny = apply_overrides(load_recipe("tiny"), ["steps=7", 'distill.teachers=["lite"]', "distill.augment=false"])
     assert tiny.steps == 7 and tiny.distill.teachers == ["lite"] and tiny.distill.augment is False
-    with pytest.raises(InvalidInputError, match="unknown recipe key 'stepz'"):
-        apply_overrides(tiny, ["stepz=7"])
-    with pytest.raises(InvalidInputError, match="steps must be a number"):
-        apply_overrides(tiny, ["steps=many"])
-    with pytest.raises(InvalidInputError, match="write key=value"):
-        apply_overrides(tiny, ["steps"])
-    with pytest.raises(InvalidInputError, match="unknown recipe 'imagenet'"):
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stepz=7", "unknown recipe key 'stepz'"),
+        ("steps=many", "steps must be a number"),
+        ("steps", "write key=value"),
+        ("distill.stepz=1", "unknown recipe key 'distill.stepz'"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(override, message):
+    with pytest.raises(InvalidInputError, match=message):
+        apply_overrides(load_recipe("tiny"), [override])
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(InvalidInputError, match="unknown recipe 'imagenet'.*coco"):
         load_recipe("imagenet")
 
 
