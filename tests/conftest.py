@@ -114,7 +114,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def lite_model(tmp_path_factory):
-    return load_model("lite", cache_dir=tmp_path_factory.mktemp("hf-cache"))
+    return load_model("lite", precision="fp32", cache_dir=tmp_path_factory.mktemp("hf-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +132,25 @@ def run_here(*args, monkeypatch, capsys):
         cli.main()
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(autouse=True)
+def _auto_precision_is_fp32(monkeypatch):
+    """In-process tests compare exact numbers: ``precision="auto"`` resolves as on a CPU without native bf16 (fp32),
+    whatever CPU runs them. test_precision.py fakes both CPUs to test the decision itself."""
+    from distilldift.models import precision
+    from distilldift.models.precision import CpuFeatures
+
+    monkeypatch.setattr(precision, "cpu_features", lambda: CpuFeatures(avx512_bf16=False, amx=False, vnni=False))
+
+
+@pytest.fixture
+def cpu_as_it_is(monkeypatch):
+    """Undo ``_auto_precision_is_fp32``: for tests that compare a command (a subprocess, which resolves "auto" on the
+    real CPU) with the same model loaded here."""
+    from distilldift.models import precision
+
+    monkeypatch.setattr(precision, "cpu_features", _REAL_CPU_FEATURES)
+
+
+from distilldift.models.precision import cpu_features as _REAL_CPU_FEATURES  # noqa: E402

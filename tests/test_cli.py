@@ -65,7 +65,7 @@ def test_match_end_to_end(lite_folder, tmp_path):
 
 
 @requires_shared
-def test_match_without_points_uses_a_grid_and_extract(lite_folder, tmp_path):
+def test_match_without_points_uses_a_grid_and_extract(lite_folder, tmp_path, cpu_as_it_is):
     a, b = sorted((PF_WILLOW / "duck(S)").glob("*.png"))[:2]
     r = run("match", a, b, "--model", lite_folder, "--grid", "3", "--json", tmp_path / "m.json", "--method", "nn")
     assert r.returncode == 0, r.stderr

@@ -117,7 +117,7 @@ def test_readme_onnx_example_runs(lite_model, tmp_path, monkeypatch):
     from distilldift.samples import write_sample_photos
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"To run it:\n\n```python\n(.*?)```", readme, re.S)[1]
+    code = re.search(r"To run it without distilldift:\n\n```python\n(.*?)```", readme, re.S)[1]
     monkeypatch.chdir(tmp_path)
     write_sample_photos(tmp_path)
     export_onnx(lite_model, tmp_path / "distilldift.onnx")

@@ -261,11 +261,11 @@ def test_cli_single_file_and_errors(images, model_folder, tmp_path):
     assert json.loads(json.dumps(sorted(os.listdir(tmp_path / "run2")))) == ["keep.txt"]
 
 
-def test_readme_dataset_example_runs(tmp_path, monkeypatch, lite_model):
+def test_readme_dataset_example_runs(tmp_path, monkeypatch, cpu_as_it_is):
     """The README's dataset commands as written (the CLI line, then the Python snippet) on the sample photos."""
     import re
 
-    from distilldift import match_points
+    from distilldift import load_model, match_points
     from distilldift.samples import write_sample_photos
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -282,5 +282,6 @@ def test_readme_dataset_example_runs(tmp_path, monkeypatch, lite_model):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     cats = tmp_path / "photos" / "cats"
-    expect = match_points(cats / "001.jpg", cats / "002.jpg", [[171, 121], [314, 133]], model=lite_model)
+    here = load_model("lite")  # as the command loaded it: precision "auto" on this CPU
+    expect = match_points(cats / "001.jpg", cats / "002.jpg", [[171, 121], [314, 133]], model=here)
     assert (scope["m"].points - expect.points).abs().max() < 1e-3 and len(scope["store"]) == 2

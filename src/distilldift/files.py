@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import DistillDiftError, InvalidInputError, OutputError
 
 EXPORT_FORMATS = {"onnx": (".onnx",)}  # export_onnx & co: format -> file suffixes (the CLI's --format choices)
+QUANTIZE_CHOICES: tuple[str | None, ...] = (None, "int8")  # export_onnx(quantize=...): float32, or int8 matmuls
 FEATURE_DTYPE_NAMES = ("float32", "float16", "bfloat16")  # how features files store features (torch dtype names)
 
 __all__ = ["check_output", "check_distinct", "atomic_path", "readable_by_others", "write_failure"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -14,8 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import DistillDiftError, InvalidInputError
-from ..files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES, write_failure
-from ..models.variants import EVAL_PROTOCOLS, PRECISION_CHOICES, RESIZE_MODES
+from ..files import EXPORT_FORMATS, FEATURE_DTYPE_NAMES, QUANTIZE_CHOICES, write_failure
+from ..models.precision import BACKENDS, PRECISION_CHOICES
+from ..models.variants import EVAL_PROTOCOLS, RESIZE_MODES
 
 app = typer.Typer(
     name="distilldift",
@@ -43,6 +45,10 @@ ResizeChoice = Enum("ResizeChoice", {mode: mode for mode in RESIZE_MODES}, type=
 
 PrecisionChoice = Enum("PrecisionChoice", {p: p for p in PRECISION_CHOICES}, type=str)
 
+QuantizeChoice = Enum("QuantizeChoice", {q: q for q in QUANTIZE_CHOICES if q}, type=str)
+
+BackendChoice = Enum("BackendChoice", {b: b for b in BACKENDS}, type=str)
+
 ProtocolChoice = Enum("ProtocolChoice", {p: p for p in EVAL_PROTOCOLS}, type=str)
 
 DtypeChoice = Enum("DtypeChoice", {d: d for d in FEATURE_DTYPE_NAMES}, type=str)
@@ -64,12 +70,19 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+def _not_torchao_enum_notice(record: logging.LogRecord) -> bool:
+    """torch >= 2.14 logs a deprecation notice when torchao (imported by transformers through peft, when installed)
+    registers its enums; it concerns torchao's code, not the user's run."""
+    return "is an Enum subclass and is now natively supported" not in record.getMessage()
+
+
 def user_errors(fn):
     """Turn distilldift's user errors into a one-line message and exit code 2 (no traceback); warnings: one line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         warnings.showwarning = show_warning
+        logging.getLogger("torch.utils._pytree").addFilter(_not_torchao_enum_notice)
         try:
             return fn(*args, **kwargs)
         except DistillDiftError as e:
@@ -144,10 +157,33 @@ def grid_points(width: int, height: int, n: int) -> list[list[float]]:
     return [[x, y] for y in ys for x in xs]
 
 
-def load(model: str, device: str | None, precision: PrecisionChoice | None = None, compile: bool = False):
+def load(
+    model: str,
+    device: str | None,
+    precision: PrecisionChoice | None = None,
+    compile: bool = False,
+    *,
+    backend: BackendChoice | None = None,
+    verbose: bool = False,
+):
+    """``load_model`` with the command's options; ``--verbose`` says which precision runs and why (stderr)."""
     from ..weights.loading import load_model
 
-    return load_model(model, device=device, precision=precision.value if precision else "auto", compile=compile)
+    net = load_model(
+        model,
+        device=device,
+        precision=precision.value if precision else "auto",
+        compile=compile,
+        backend=backend.value if backend else "torch",
+    )
+    if verbose:
+        where = f"ONNX Runtime ({net.path.name})" if getattr(net, "path", None) else "PyTorch"
+        err_console.print(
+            f"model {escape(model)}: {where}, precision {net.precision} ({escape(net.precision_reason)})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return net
 
 
 def check_outputs(
@@ -192,8 +228,18 @@ ResizeOpt = Annotated[ResizeChoice | None, typer.Option(help="Resize mode (defau
 
 PrecisionOpt = Annotated[
     PrecisionChoice,
-    typer.Option(help="Arithmetic: auto (bf16 autocast on a CUDA GPU that has it, else fp32), fp32, bf16."),
+    typer.Option(
+        help="Arithmetic: auto (bf16 on a CUDA GPU and on a CPU with native bf16, else fp32), fp32, bf16, "
+        "int8 (CPU: int8 Linear weights)."
+    ),
 ]
+
+BackendOpt = Annotated[
+    BackendChoice,
+    typer.Option(help="torch, or onnxruntime (CPU; exported once into the cache; --precision fp32 or int8)."),
+]
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which backend and precision run, and why.")]
 
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="torch.compile the model (slow first batch; for many images of one size).")

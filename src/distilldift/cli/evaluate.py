@@ -14,6 +14,8 @@ from ..datasets import DATASETS, TRACKING_DATASETS
 from ..errors import InvalidInputError
 from ..models.variants import DEFAULT_VARIANT
 from .common import (
+    BackendChoice,
+    BackendOpt,
     CompileOpt,
     DeviceOpt,
     FlipChoice,
@@ -23,6 +25,7 @@ from .common import (
     ProtocolChoice,
     ResizeOpt,
     SizeOpt,
+    VerboseOpt,
     app,
     as_path,
     check_outputs,
@@ -69,6 +72,8 @@ def eval_(
     ] = "first",
     resolution: Annotated[int, typer.Option(min=16, help="tapvid: frames and metrics at this square size.")] = 256,
     precision: PrecisionOpt = PrecisionChoice.auto,
+    backend: BackendOpt = BackendChoice.torch,
+    verbose: VerboseOpt = False,
     compile: CompileOpt = False,
 ) -> None:
     """PCK@0.1/0.05/0.01 (image and bbox thresholds) per point, pair and category; tapvid: AJ, delta_avg, OA."""
@@ -90,7 +95,7 @@ def eval_(
     if protocol.value == "paper" and clash:  # (the library says it too, with its keyword names, after loading)
         raise InvalidInputError(f"--protocol paper sets the matching itself; drop {', '.join(clash)}")
     data = read_dataset(dataset, root, split)
-    net = load(model, device, precision, compile)
+    net = load(model, device, precision, compile, backend=backend, verbose=verbose)
     flip_arg = {None: False, "no": False, "yes": True, "auto": "auto"}[flip.value if flip else None]
     settings = None if protocol.value == "paper" else MatchSettings(method=method or "soft", flip=flip_arg)
     r = evaluate(

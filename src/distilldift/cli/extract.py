@@ -11,6 +11,8 @@ from rich.markup import escape
 from ..errors import InvalidInputError
 from ..models.variants import DEFAULT_VARIANT
 from .common import (
+    BackendChoice,
+    BackendOpt,
     CompileOpt,
     DeviceOpt,
     DtypeChoice,
@@ -19,6 +21,7 @@ from .common import (
     PrecisionOpt,
     ResizeOpt,
     SizeOpt,
+    VerboseOpt,
     app,
     as_path,
     check_outputs,
@@ -69,6 +72,8 @@ def extract(
     ] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = PrecisionChoice.auto,
+    backend: BackendOpt = BackendChoice.torch,
+    verbose: VerboseOpt = False,
     compile: CompileOpt = False,
 ) -> None:
     """Save the dense features of images: to a folder (datasets; rerun to resume; torchrun-aware) or one file.
@@ -85,9 +90,11 @@ def extract(
         raise InvalidInputError(
             f"--out {str(out)!r}: give a folder (features in shards + index.json) or a .safetensors file"
         )
-    if out.suffix.lower() == ".safetensors":
-        check_outputs(device, (out, (".safetensors",), "--out"))
-        net = load(model, device, precision, compile)
+    to_file = out.suffix.lower() == ".safetensors"
+    device = device if to_file else process_device(device)
+    check_outputs(device, *([(out, (".safetensors",), "--out")] if to_file else []))
+    net = load(model, device, precision, compile, backend=backend, verbose=verbose)
+    if to_file:
         n = extract_to_file(
             sources,
             out,
@@ -100,9 +107,6 @@ def extract(
         )
         console.print(f"wrote {out} ({n} feature maps)")
         return
-    device = process_device(device)
-    check_outputs(device)
-    net = load(model, device, precision, compile)
     how = ExtractSettings(batch_size, shard_size, decoders, workers, dtype.value, skip_bad)
     try:
         r = extract_to_folder(

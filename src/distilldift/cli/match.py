@@ -11,6 +11,8 @@ from rich.table import Table
 from ..models.variants import DEFAULT_VARIANT
 from .common import (
     HEATMAP_ROWS,
+    BackendChoice,
+    BackendOpt,
     DeviceOpt,
     FlipChoice,
     MethodOpt,
@@ -19,6 +21,7 @@ from .common import (
     PrecisionOpt,
     ResizeOpt,
     SizeOpt,
+    VerboseOpt,
     app,
     as_path,
     check_outputs,
@@ -63,6 +66,8 @@ def match(
     ] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = PrecisionChoice.auto,
+    backend: BackendOpt = BackendChoice.torch,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Find the points of IMAGE2 that correspond to points of IMAGE1."""
     from ..files import write_json
@@ -85,11 +90,9 @@ def match(
     check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")  # before the model loads
     flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
     settings = MatchSettings(method=method, flip=flip_arg, exhaustive=not coarse_to_fine)
-    rows = HEATMAP_ROWS if heatmap is not None else 0
-    net = load(model, device, precision)
-    m = match_points(
-        a, b, pts, model=net, settings=settings, size=size, resize=resize.value if resize else None, heatmaps=rows
-    )
+    net = load(model, device, precision, backend=backend, verbose=verbose)
+    rows, resize_arg = (HEATMAP_ROWS if heatmap is not None else 0), (resize.value if resize else None)
+    m = match_points(a, b, pts, model=net, settings=settings, size=size, resize=resize_arg, heatmaps=rows)
     table = Table(title=f"{image1.name} -> {image2.name} ({model})")
     for col in ("#", "x1", "y1", "x2", "y2", "score", "mutual"):
         table.add_column(col, justify="right")

@@ -9,6 +9,8 @@ import typer
 
 from ..models.variants import DEFAULT_VARIANT
 from .common import (
+    BackendChoice,
+    BackendOpt,
     CompileOpt,
     DeviceOpt,
     MethodOpt,
@@ -17,6 +19,7 @@ from .common import (
     PrecisionOpt,
     ResizeOpt,
     SizeOpt,
+    VerboseOpt,
     app,
     as_path,
     check_outputs,
@@ -51,6 +54,8 @@ def track(
     render: Annotated[Path | None, typer.Option(help="Write the video with the tracks drawn on it (.mp4).")] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = PrecisionChoice.auto,
+    backend: BackendOpt = BackendChoice.torch,
+    verbose: VerboseOpt = False,
     compile: CompileOpt = False,
 ) -> None:
     """Follow points placed on one frame through a whole VIDEO."""
@@ -70,7 +75,7 @@ def track(
     )
     pts = collect_points(points, points_file, grid, lambda: next(iter_frames(video)))
     settings = TrackSettings(match=MatchSettings(method=method), batch_size=batch_size)
-    net = load(model, device, precision, compile)
+    net = load(model, device, precision, compile, backend=backend, verbose=verbose)
     start = time.perf_counter()
     tracks = track_video(
         video,

@@ -17,6 +17,8 @@ from .common import (
     ExportFormat,
     FormatChoice,
     ModelOpt,
+    PrecisionChoice,
+    QuantizeChoice,
     app,
     as_path,
     check_outputs,
@@ -40,13 +42,19 @@ def export_model(
         bool, typer.Option("--dynamic/--static", help="--dynamic: any batch, height, width; --static: only --size.")
     ] = True,
     check: Annotated[bool, typer.Option(help="Compare with the PyTorch model in ONNX Runtime at two sizes.")] = True,
+    quantize: Annotated[
+        QuantizeChoice | None,
+        typer.Option(help="int8: int8 matrix products (ONNX Runtime's quantiser; CPU speed).", show_default=False),
+    ] = None,
 ) -> None:
-    """Export the dense feature extractor (normalised images -> feature maps) for ONNX Runtime / TensorRT."""
+    """Export the dense feature extractor (normalised images -> feature maps) for ONNX Runtime / TensorRT.
+
+    `load_model("file.onnx")` (and every command's --model file.onnx) runs the file in ONNX Runtime."""
     from ..export.onnx import check_onnx, check_sizes, export_onnx
 
     check_outputs(None, (out, EXPORT_FORMATS[format.value], "--out"), inputs=(("--model", as_path(model)),))
-    net = load(model, "cpu")
-    path = export_onnx(net, out, size=size, dynamic=dynamic)
+    net = load(model, "cpu", PrecisionChoice.fp32)
+    path = export_onnx(net, out, size=size, dynamic=dynamic, quantize=quantize.value if quantize else None)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; input 'images' (B, 3, H, W), output 'features')")
     if check:
         try:
@@ -151,11 +159,30 @@ def models(cache_dir: CacheDirOpt = None) -> None:
         where = "\n".join(s.describe() + (" *" if s.cached() else "") for s in sources)
         table.add_row(label, v.description, where)
     console.print(table)
+    for line in precision_lines():
+        console.print(line, highlight=False)
     console.print(
         "* in the local cache: loads without network. `distilldift download NAME` fills the cache (the authors' "
         "checkpoints are verified by their git blob id and converted once).",
         highlight=False,
     )
+
+
+def precision_lines() -> list[str]:
+    """What ``precision="auto"`` picks on this machine's devices, and why."""
+    from ..models.precision import BF16_SPEEDUP_ON_CPU, choose_precision
+
+    devices = ["cpu"]
+    import torch
+
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    lines = ["precision='auto' on this machine:"]
+    for device in devices:
+        for kind in BF16_SPEEDUP_ON_CPU:
+            choice = choose_precision("auto", device=device, kind=kind)
+            lines.append(f"  {device}, {kind}: {choice.precision} ({choice.reason})")
+    return lines
 
 
 @app.command()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidInputError, MissingDependencyError
-from ..files import EXPORT_FORMATS, atomic_path, check_output
+from ..files import EXPORT_FORMATS, QUANTIZE_CHOICES, atomic_path, check_output
 from ..models.model import DistillDiftModel
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
 
 
 OPSET = 18
+METADATA_PREFIX = "distilldift."  # the metadata keys of our exports: format, variant, precision, stride, ...
+METADATA_FORMAT = "1"
 
 
 def aa_bicubic_weights(out_size: int | torch.Tensor, in_size: int) -> torch.Tensor:
@@ -112,6 +114,17 @@ def exportable_pos_embed() -> Iterator[None]:
         vit.resample_abs_pos_embed = original
 
 
+@contextlib.contextmanager
+def _fp32(model: DistillDiftModel) -> Iterator[None]:
+    """Within the block the model runs in float32 (export and its check); its precision is restored after."""
+    saved = model.precision, model.precision_reason
+    model.set_precision("fp32")
+    try:
+        yield
+    finally:
+        model.precision, model.precision_reason = saved
+
+
 class _Features(torch.nn.Module):
     """The graph to export: normalised images -> normalised feature maps."""
 
@@ -131,8 +144,9 @@ def export_onnx(
     dynamic: bool = True,
     opset: int = OPSET,
     exporter: str = "auto",
+    quantize: str | None = None,
 ) -> Path:
-    """Write ``model``'s feature extractor as an ONNX file.
+    """Write ``model``'s feature extractor as an ONNX file (which ``load_model`` runs in ONNX Runtime).
 
     Args:
         model: a :class:`DistillDiftModel`; a LoRA adapter is merged into the exported weights (the model is left
@@ -144,6 +158,12 @@ def export_onnx(
         exporter: ``"dynamo"`` (``torch.export``; ViTs), ``"torchscript"`` (the tracing exporter; CNNs, whose
             "same" padding is the same for every multiple of the total stride and whose shape arithmetic makes
             ``torch.export`` crawl) or ``"auto"`` (dynamo for ViTs, torchscript otherwise).
+        quantize: ``"int8"``: int8 weights and dynamic int8 activations for the matrix products (ONNX Runtime's
+            quantiser, ``MatMul``/``Gemm``; convolutions stay float: int8 ones were measured ~10x slower);
+            ``None``: float32.
+
+    The file carries the variant record and the output geometry as metadata (:data:`METADATA_PREFIX` keys), so
+    ``load_model("model.onnx")`` feeds it images exactly as the PyTorch model is fed.
 
     Returns:
         The path written. Input ``"images"`` ``(B, 3, H, W)`` float32, output ``"features"`` ``(B, C, H / stride,
@@ -170,6 +190,10 @@ def export_onnx(
             "ONNX export needs onnx and onnxscript: pip install 'distilldift[export]'"
         ) from None
     out = check_output(out, EXPORT_FORMATS["onnx"], "ONNX file")
+    if quantize not in QUANTIZE_CHOICES:
+        raise InvalidInputError(f"quantize must be one of {', '.join(map(str, QUANTIZE_CHOICES))}, got {quantize!r}")
+    if model.precision == "int8":
+        raise InvalidInputError("export the float model: its weights are int8 now; use quantize='int8' instead")
     m = model.size_multiple
     if size is None:
         size = (model.variant.input_size, model.variant.input_size)
@@ -186,7 +210,8 @@ def export_onnx(
     model.eval()
     model.merge_adapter()  # one weight per layer in the graph; undone exactly below
     try:
-        with exportable_pos_embed(), atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # the graph is float32: a bf16 autocast would put bf16 casts in it
+        with _fp32(model), exportable_pos_embed(), atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
             names = dict(input_names=["images"], output_names=["features"], opset_version=opset)
             if exporter == "dynamo":
                 from torch.export import Dim
@@ -215,11 +240,55 @@ def export_onnx(
                     dynamo=False,
                     **names,
                 )
+            if quantize == "int8":
+                _quantize_int8(tmp)
+            _write_metadata(tmp, model, quantize or "fp32")
     finally:
         if not was_merged:
             model.unmerge_adapter()
         model.train(was_training)
     return out
+
+
+def _quantize_int8(path: Path) -> None:
+    """Quantise the file's matrix products to int8 in place (ONNX Runtime's dynamic quantiser)."""
+    import logging
+
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise MissingDependencyError("quantize='int8' needs onnxruntime: pip install 'distilldift[export]'") from None
+    float_file = path.with_name(path.name + ".float")
+    path.replace(float_file)
+    quiet = logging.getLogger()  # the quantiser suggests a pre-processing pass through the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(float_file, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        quiet.setLevel(level)
+        float_file.unlink(missing_ok=True)
+
+
+def _write_metadata(path: Path, model: DistillDiftModel, precision: str) -> None:
+    """Record what ``load_model`` needs to run the file as the model: the variant, geometry and precision."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {
+        "format": METADATA_FORMAT,
+        "variant": json.dumps(model.variant.to_dict()),
+        "precision": precision,
+        "stride": str(model.stride),
+        "size_multiple": str(model.size_multiple),
+        "feature_dim": str(model.feature_dim),
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+    onnx.save(proto, str(path))
 
 
 def check_sizes(model: DistillDiftModel, size: tuple[int, int] | None = None, *, dynamic: bool = True) -> list:
@@ -266,7 +335,7 @@ def check_onnx(
     try:
         for h, w in sizes:
             x = torch.randn(batch, 3, h, w, generator=gen)
-            with torch.no_grad():
+            with torch.no_grad(), _fp32(model):
                 ref = model(x.to(p.device, p.dtype)).float().cpu()
             got = torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
             if got.shape != ref.shape:

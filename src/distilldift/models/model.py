@@ -11,7 +11,8 @@ from torch import nn
 
 from ..errors import InvalidInputError, ShapeError
 from ..images import GridGeometry, input_size_for, preprocess
-from .variants import PRECISIONS, Variant
+from .precision import choose_precision, model_kind, quantize_int8
+from .variants import Variant
 
 __all__ = ["DistillDiftModel"]
 
@@ -65,8 +66,9 @@ class DistillDiftModel(nn.Module):
         stride: input pixels per feature-grid cell (14 for ViT-B/14).
         size_multiple: input sides are rounded to a multiple of this (the coarsest stride used).
         feature_dim: channels ``C`` of the feature map.
-        precision: ``"fp32"`` or ``"bf16"`` (the forward pass under bfloat16 autocast, features returned as
-            float32); :meth:`set_precision`. ``load_model`` picks bf16 on CUDA GPUs that support it.
+        precision: ``"fp32"``, ``"bf16"`` (the forward pass under bfloat16 autocast) or ``"int8"`` (int8 Linear
+            weights, CPU); features are returned as float32 either way. :meth:`set_precision`; ``load_model``'s
+            ``"auto"`` picks bf16 on CUDA GPUs and on CPUs with native bf16. ``precision_reason`` says why.
 
     Example:
         >>> import torch
@@ -90,12 +92,16 @@ class DistillDiftModel(nn.Module):
         self.feature_dim = int(self._probe_dim())
         self._premerge: dict[str, torch.Tensor] = {}  # exact base weights while the adapter is merged
         self.precision = "fp32"
+        self.precision_reason = "the default of a new model"
 
-    def set_precision(self, precision: str) -> DistillDiftModel:
-        """Run the forward pass in ``"fp32"`` or under ``"bf16"`` autocast (about 2x faster on recent GPUs).
+    def set_precision(self, precision: str = "auto") -> DistillDiftModel:
+        """Run the forward pass in ``"fp32"``, under ``"bf16"`` autocast, or with ``"int8"`` Linear weights (CPU).
 
-        The features come back as float32 and L2-normalised either way; bf16 changes them by ~1e-2 (relative).
-        An autocast context the caller opened (training) is left in charge.
+        ``"auto"`` picks by device and model kind (:func:`~distilldift.models.precision.choose_precision`: bf16 on
+        CUDA GPUs and on CPUs with native bf16, fp32 elsewhere); :attr:`precision_reason` says why. The features come
+        back as float32 and L2-normalised either way; bf16 changes them by ~1e-2 (relative). An autocast context the
+        caller opened (training) is left in charge. ``"int8"`` merges the adapter and quantises the weights in place
+        (torchao): it is one-way (load the model again for float weights), and such a model cannot be saved.
 
         Example:
             >>> import torch
@@ -106,10 +112,21 @@ class DistillDiftModel(nn.Module):
             >>> f16 = m.set_precision("bf16")(x)
             >>> f16.dtype, bool((f16 - f32).abs().max() < 0.1), torch.equal(f16, f32)
             (torch.float32, True, False)
+            >>> m.precision_reason
+            'asked for'
         """
-        if precision not in PRECISIONS:
-            raise InvalidInputError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-        self.precision = precision
+        p = next(self.parameters())
+        choice = choose_precision(precision, device=p.device, kind=model_kind(self.timm_model), dtype=p.dtype)
+        if self.precision == "int8" and choice.precision != "int8":
+            raise InvalidInputError(
+                f"the weights are int8 now; load the model again for precision {choice.precision!r}"
+            )
+        if choice.precision == "int8" and self.precision != "int8":
+            if p.dtype != torch.float32:
+                raise InvalidInputError(f"precision 'int8' quantises float32 weights; these are {p.dtype}")
+            self.merge_adapter()
+            quantize_int8(self.timm_model)
+        self.precision, self.precision_reason = choice.precision, choice.reason
         return self
 
     @property
@@ -151,6 +168,8 @@ class DistillDiftModel(nn.Module):
 
     def unmerge_adapter(self) -> DistillDiftModel:
         """Undo :meth:`merge_adapter` exactly (needed before training the adapter again)."""
+        if self.has_adapter and self.merged and self.precision == "int8":
+            raise InvalidInputError("the weights are int8: the adapter cannot be unmerged; load the model again")
         if self.has_adapter and self.merged:
             self.backbone.unmerge_adapter()
             with torch.no_grad():

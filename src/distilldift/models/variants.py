@@ -26,8 +26,6 @@ __all__ = [
 
 ResizeMode = Literal["stretch", "keep_aspect"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "keep_aspect")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # inference arithmetic: float32, or bfloat16 autocast
-PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)  # load_model(precision=...): auto = bf16 on CUDA
 EVAL_PROTOCOLS: tuple[str, ...] = ("default", "paper")  # evaluate(protocol=...): ours, or the authors' (PaperProtocol)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -100,7 +100,9 @@ class Distillation(Objective):
         c, d, images = self.config, self.config.distill, self.images
         grid = student.geometry((c.image_size, c.image_size), c.image_size).grid_size
         if d.hint_weight > 0:  # block-wise hints (checked before the long cache build): targets computed on the fly
-            self.hints = HintTeacher(load_model(d.teachers[0]).backbone, student.backbone).to(run.device)
+            self.hints = HintTeacher(load_model(d.teachers[0], precision="fp32").backbone, student.backbone).to(
+                run.device
+            )
             self.stages = backbone_stages(student.backbone)
 
         # teacher cache: teachers run once (rank 0), training reads only the cache (and hints their cheap teacher)
@@ -128,7 +130,7 @@ class Distillation(Objective):
         if d.pairs == "retrieval":
             pairs_file = run.out / "neighbours.json"
             if run.rank == 0 and not pairs_file.exists():
-                embedder = load_model(d.retrieval_model or d.teachers[0])
+                embedder = load_model(d.retrieval_model or d.teachers[0], precision="fp32")
 
                 def original(i: int) -> torch.Tensor:
                     return images.load_original(images.base[i])

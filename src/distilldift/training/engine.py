@@ -159,7 +159,7 @@ def build_student(config: TrainConfig) -> DistillDiftModel:
             variant = variant.replace(weights=None)
         student = build_model(variant, get=None, adapter_get=None, cache_dir=None, local_files_only=False)
     else:  # continue a trained model
-        student = load_model(config.student_init, merge=False)
+        student = load_model(config.student_init, merge=False, precision="fp32")  # the engine sets autocast
     if config.train == "full":
         student.requires_grad_(True)
     else:

@@ -217,7 +217,7 @@ def build_teacher(name: str, diffusion: DiffusionSettings, device: torch.device)
     the distilldift model ``name`` (a variant or a model folder) as a :class:`ModelTeacher`."""
     if name in TEACHERS:
         return TEACHERS[name][0](diffusion, device)
-    return ModelTeacher(load_model(name))
+    return ModelTeacher(load_model(name, precision="fp32"))  # the engine sets autocast
 
 
 def teacher_license(name: str) -> str:

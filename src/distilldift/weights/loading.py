@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidInputError, UnknownVariantError
+from ..errors import InvalidInputError, UnknownVariantError, WeightsNotFoundError
+from ..export.runtime import OnnxRuntimeModel, cached_export
 from ..models.build import build_model, split_revision
 from ..models.model import DistillDiftModel
-from ..models.variants import DEFAULT_VARIANT, PRECISION_CHOICES, Variant, get_variant, list_variants
+from ..models.precision import BACKENDS, PRECISION_CHOICES
+from ..models.variants import DEFAULT_VARIANT, Variant, get_variant, list_variants
 from .sources import HubRepo, LocalFolder, WeightSource, load_registered, weight_sources
 
 __all__ = ["create_model", "load_model", "fetch_weights", "check_device", "weight_sources", "WeightSource"]
@@ -142,8 +144,9 @@ def load_model(
     merge: bool = True,
     precision: str = "auto",
     compile: bool = False,
+    backend: str = "torch",
 ) -> DistillDiftModel:
-    """Load a model with weights: a local folder, a registered variant, or a Hugging Face repo id.
+    """Load a model with weights: a local folder, a registered variant, a Hugging Face repo id, or an ONNX file.
 
     Explicit sources: ``"local-dir:<path>"`` (a model folder) and ``"hf-hub:<owner/name>[@revision]"`` (a Hub repo
     holding one), as in ``Variant.weights``. A plain string: an existing folder wins (a warning names the variant
@@ -153,17 +156,21 @@ def load_model(
     Args:
         name_or_path: a folder written by :func:`save_pretrained` / ``distilldift convert``, a variant name
             (``distilldift models``), or a Hub repo id ``"owner/name"`` holding such a folder; or an explicit
-            ``"local-dir:..."`` / ``"hf-hub:..."`` source.
+            ``"local-dir:..."`` / ``"hf-hub:..."`` source; or a ``.onnx`` file from ``distilldift export`` (run in
+            ONNX Runtime: :class:`~distilldift.export.runtime.OnnxRuntimeModel`).
         device, dtype: where to put the model (default: CPU, float32).
         revision: Hub branch, tag or commit for a repo id (pin a commit for reproducibility).
         cache_dir: Hugging Face cache folder (default: ``HF_HOME``/``HF_HUB_CACHE``); converted releases go to
             its ``distilldift`` subfolder.
         local_files_only: never touch the network; use only the cache (also ``HF_HUB_OFFLINE=1``).
         merge: merge the LoRA adapter into the weights (same outputs, no adapter overhead).
-        precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, else fp32), ``"fp32"`` or
-            ``"bf16"`` (:meth:`DistillDiftModel.set_precision`).
+        precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it and on a CPU with native bf16, else
+            fp32), ``"fp32"``, ``"bf16"`` or ``"int8"`` (CPU: int8 Linear weights);
+            :meth:`DistillDiftModel.set_precision`, whose ``precision_reason`` says why.
         compile: ``torch.compile`` the forward pass (the first call per input size compiles, ~10-60 s; pays off
             for many images of one size: ``BENCHMARKS.md``).
+        backend: ``"torch"`` (eager PyTorch) or ``"onnxruntime"``: the model is exported once into the cache
+            (``precision`` ``"fp32"`` or ``"int8"``; ``"auto"`` is fp32 there) and run in ONNX Runtime on the CPU.
 
     Returns:
         A :class:`DistillDiftModel` in eval mode with gradients off.
@@ -185,10 +192,18 @@ def load_model(
     dev = check_device(device)
     if precision not in PRECISION_CHOICES:
         raise InvalidInputError(f"precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "auto":
-        gpu = dev is not None and dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        precision = "bf16" if gpu and dtype in (None, torch.float32) else "fp32"
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    onnx_file = os.fspath(name_or_path).endswith(".onnx")
+    if (backend == "onnxruntime" or onnx_file) and dev is not None and dev.type != "cpu":
+        raise InvalidInputError(
+            f"the ONNX Runtime backend runs on CPU, not {dev}; on a GPU load the PyTorch model (backend='torch')"
+        )
+    if onnx_file:
+        return _open_onnx(Path(name_or_path).expanduser(), precision)
     finish = dict(merge=merge, device=device, dtype=dtype, precision=precision, compile=compile)
+    if backend == "onnxruntime":
+        finish = dict(merge=True, device=None, dtype=None, precision="fp32", compile=False)
     ref = os.fspath(name_or_path)
     kind, sep, rest = ref.partition(":")
     if sep and kind == "local-dir":  # explicit sources: no guessing
@@ -204,7 +219,17 @@ def load_model(
         model, _ = load_registered(source, cache_dir=cache_dir, local_files_only=local_files_only)
     else:
         model = source.load(local_files_only)
-    return _finish(model, **finish)
+    model = _finish(model, **finish)
+    if backend == "onnxruntime":
+        on_cpu = "int8" if precision == "int8" else "fp32"
+        return OnnxRuntimeModel(cached_export(model, precision=on_cpu, cache_dir=cache_dir))
+    return model
+
+
+def _open_onnx(path: Path, precision: str) -> DistillDiftModel:
+    if not path.is_file():
+        raise WeightsNotFoundError(f"no ONNX file {str(path)!r}; write one with `distilldift export --format onnx`")
+    return OnnxRuntimeModel(path).set_precision(precision)
 
 
 def _guess_source(ref: str, revision: str | None, cache_dir) -> WeightSource | Variant:
@@ -225,7 +250,9 @@ def _guess_source(ref: str, revision: str | None, cache_dir) -> WeightSource | V
             raise InvalidInputError("revision applies to Hub repo ids, not registered variants")
         return get_variant(ref)
     if path.exists():
-        raise InvalidInputError(f"{ref!r} is a file; load_model expects a variant name, a model folder or a repo id")
+        raise InvalidInputError(
+            f"{ref!r} is a file; load_model expects a variant name, a model folder, a repo id or a .onnx export"
+        )
     if _REPO_ID.match(ref) and not ref.startswith((".", "/", "~")):
         return HubRepo(cache_dir, ref, revision)
     raise UnknownVariantError(
@@ -237,8 +264,8 @@ def _guess_source(ref: str, revision: str | None, cache_dir) -> WeightSource | V
 def _finish(model: DistillDiftModel, *, merge: bool, device, dtype, precision: str, compile: bool) -> DistillDiftModel:
     if merge:
         model.merge_adapter()
-    model.set_precision(precision)
     model = _place(model, device, dtype)
+    model.set_precision(precision)  # after placing: "auto" depends on the device and the dtype
     if compile:
         model.compile()  # nn.Module.compile: the module's calls go through torch.compile
     return model

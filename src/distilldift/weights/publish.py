@@ -96,6 +96,8 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, *, save_b
         >>> load_model(folder).variant.name
         'distilldift_us'
     """
+    if getattr(model, "precision", "fp32") == "int8":
+        raise InvalidInputError("an int8 model cannot be saved: save the float model; int8 is applied when loading")
     folder = Path(folder)
     variant = model.variant
     if save_base is None:
