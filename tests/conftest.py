@@ -154,3 +154,13 @@ def cpu_as_it_is(monkeypatch):
 
 
 from distilldift.models.precision import cpu_features as _REAL_CPU_FEATURES  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cat_pair():
+    """The sample cat photo and its moved copy (scikit-image's chelsea): two PIL images."""
+    pytest.importorskip("skimage")
+    from distilldift.samples import sample_photos
+
+    p = sample_photos()
+    return p["cat.png"], p["cat_moved.png"]

@@ -11,33 +11,25 @@ import torch
 from conftest import TINY
 from distilldift import MatchSettings, extract_features, load_model, match_points
 from distilldift.errors import InvalidInputError
-from distilldift.samples import sample_photos
 from distilldift.weights import create_model, save_pretrained
 
 SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
 
 
-@pytest.fixture(scope="module")
-def photos():
-    pytest.importorskip("skimage")
-    p = sample_photos()
-    return p["cat.png"], p["cat_moved.png"]
-
-
-def test_bf16_precision_is_applied_and_close(photos):
+def test_bf16_precision_is_applied_and_close(cat_pair):
     fp32 = load_model("lite", precision="fp32")
     bf16 = load_model("lite", precision="bf16")
     assert bf16.precision == "bf16" and "precision='bf16'" in repr(bf16)
-    a = extract_features(photos[0], fp32).features
-    b = extract_features(photos[0], bf16).features
+    a = extract_features(cat_pair[0], fp32).features
+    b = extract_features(cat_pair[0], bf16).features
     assert b.dtype == torch.float32 and torch.allclose(b.norm(dim=1), torch.ones(()), atol=1e-5)
     cos = (a * b).sum(1)
     assert cos.mean() > 0.999 and cos.min() > 0.99  # measured: mean 0.9995
     assert (a - b).abs().max() > 1e-3  # bf16 arithmetic really ran
     pts = torch.rand(50, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([400.0, 250.0])
-    m32 = match_points(*photos, pts, model=fp32, settings=MatchSettings(method="nn"))
-    m16 = match_points(*photos, pts, model=bf16, settings=MatchSettings(method="nn"))
+    m32 = match_points(*cat_pair, pts, model=fp32, settings=MatchSettings(method="nn"))
+    m16 = match_points(*cat_pair, pts, model=bf16, settings=MatchSettings(method="nn"))
     assert ((m32.points - m16.points).norm(dim=1) <= 2).float().mean() >= 0.9
     with pytest.raises(InvalidInputError, match="precision 'fp16': choose one of auto, fp32, bf16, int8"):
         load_model("lite", precision="fp16")
@@ -60,13 +52,13 @@ def test_compile_option_gives_the_same_features(tmp_path):
     assert counters["stats"]["unique_graphs"] > before  # the forward really went through torch.compile
 
 
-def test_coarse_to_fine_finds_the_exhaustive_matches(photos):
+def test_coarse_to_fine_finds_the_exhaustive_matches(cat_pair):
     model = load_model("lite")
-    w, h = photos[0].size
+    w, h = cat_pair[0].size
     pts = torch.rand(1500, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w - 1.0, h - 1.0])  # 2 chunks
     for method in ("nn", "soft"):
-        full = match_points(*photos, pts, model=model, settings=MatchSettings(method=method))
-        fast = match_points(*photos, pts, model=model, settings=MatchSettings(method=method, exhaustive=False))
+        full = match_points(*cat_pair, pts, model=model, settings=MatchSettings(method=method))
+        fast = match_points(*cat_pair, pts, model=model, settings=MatchSettings(method=method, exhaustive=False))
         d = (full.points - fast.points).norm(dim=1)
         # measured (2000 points): 97.5 % (nn) / 97.8 % (soft) within 1 px; the rest are near-ties between
         # distant cells: the exhaustive search's pixel is better by at most 0.04 cosine
@@ -76,8 +68,8 @@ def test_coarse_to_fine_finds_the_exhaustive_matches(photos):
         assert (full.mutual == fast.mutual).float().mean() >= 0.95
 
 
-def test_cli_fast_options(photos, tmp_path):
-    for name, img in zip(("a.png", "b.png"), photos, strict=True):
+def test_cli_fast_options(cat_pair, tmp_path):
+    for name, img in zip(("a.png", "b.png"), cat_pair, strict=True):
         img.save(tmp_path / name)
     env = {**os.environ, "COLUMNS": "200"}
     r = subprocess.run(

@@ -24,15 +24,6 @@ SCRIPT = Path(sys.executable).parent / "distilldift"
 CMD = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "distilldift"]
 
 
-@pytest.fixture(scope="module")
-def photos():
-    pytest.importorskip("skimage")
-    from distilldift.samples import sample_photos
-
-    p = sample_photos()
-    return p["cat.png"], p["cat_moved.png"]
-
-
 WITH_BF16 = CpuFeatures(avx512_bf16=True, amx=False, vnni=True)
 WITHOUT_BF16 = CpuFeatures(avx512_bf16=False, amx=False, vnni=False)
 
@@ -128,20 +119,20 @@ def lite_onnx(tmp_path_factory, lite_model):
     return export_onnx(lite_model, folder / "lite.onnx"), export_onnx(lite_model, folder / "q.onnx", quantize="int8")
 
 
-def test_onnx_file_runs_behind_the_same_api(lite_model, lite_onnx, photos):
+def test_onnx_file_runs_behind_the_same_api(lite_model, lite_onnx, cat_pair):
     fp32_file, int8_file = lite_onnx
     fast = load_model(fp32_file)
     assert (fast.variant, fast.stride, fast.feature_dim) == (lite_model.variant, 16, lite_model.feature_dim)
-    a = extract_features(photos[0], lite_model).features
-    b = extract_features(photos[0], fast).features
+    a = extract_features(cat_pair[0], lite_model).features
+    b = extract_features(cat_pair[0], fast).features
     assert a.shape == b.shape and (a - b).abs().max() < 1e-4
     pts = torch.tensor([[100.0, 80.0], [200.0, 150.0], [300.0, 60.0]])
-    ref = match_points(*photos, pts, model=lite_model, settings=MatchSettings(method="nn"))
-    got = match_points(*photos, pts, model=fast, settings=MatchSettings(method="nn"))
+    ref = match_points(*cat_pair, pts, model=lite_model, settings=MatchSettings(method="nn"))
+    got = match_points(*cat_pair, pts, model=fast, settings=MatchSettings(method="nn"))
     assert torch.allclose(ref.points, got.points, atol=0.5) and torch.allclose(ref.scores, got.scores, atol=1e-3)
     q = load_model(int8_file)
     assert q.precision == "int8" and q.precision_reason == "exported as int8"
-    c = extract_features(photos[0], q).features
+    c = extract_features(cat_pair[0], q).features
     assert torch.allclose(c.norm(dim=1), torch.ones(()), atol=1e-5) and (a * c).sum(1).mean() > 0.999
 
 
@@ -220,8 +211,8 @@ def test_onnx_runtime_refusals(lite_onnx, monkeypatch):
         load_model(lite_onnx[0])
 
 
-def test_cli_backend_precision_and_quantized_export(tmp_path, photos):
-    for name, img in zip(("a.png", "b.png"), photos, strict=True):
+def test_cli_backend_precision_and_quantized_export(tmp_path, cat_pair):
+    for name, img in zip(("a.png", "b.png"), cat_pair, strict=True):
         img.save(tmp_path / name)
     env = {**os.environ, "COLUMNS": "200", "DISTILLDIFT_CACHE": str(tmp_path / "cache")}
 
