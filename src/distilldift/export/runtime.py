@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..download import cache_root
-from ..errors import CheckpointError, InvalidInputError, MissingDependencyError, ShapeError
+from ..errors import CheckpointError, InvalidInputError, MissingDependencyError
 from ..models.model import DistillDiftModel
 from ..models.variants import Variant
 from .onnx import METADATA_FORMAT, METADATA_PREFIX, OPSET, export_onnx
@@ -109,11 +109,7 @@ class OnnxRuntimeModel(DistillDiftModel):
     def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images (``H``, ``W`` multiples of :attr:`size_multiple`) ->
         ``(B, C, H / stride, W / stride)`` float32 features, L2-normalised over ``C``."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ShapeError("model input", "(B, 3, H, W)", tuple(x.shape))
-        m = self.size_multiple
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
+        self.check_input(x)
         if not normalize:
             raise InvalidInputError("an ONNX export holds L2-normalised features only; use the PyTorch model")
         images = x.detach().to("cpu", torch.float32).contiguous().numpy()

@@ -240,16 +240,21 @@ class DistillDiftModel(nn.Module):
         Returns:
             ``(B, C, H / stride, W / stride)`` features.
         """
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ShapeError("model input", "(B, 3, H, W)", tuple(x.shape))
-        m = self.size_multiple
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
+        self.check_input(x)
         if self.precision == "bf16" and not torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 out = self._features(x, normalize=False).float()
             return F.normalize(out, dim=1) if normalize else out
         return self._features(x, normalize)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse a model input that is not ``(B, 3, H, W)`` with ``H`` and ``W`` multiples of
+        :attr:`size_multiple` (a :class:`~distilldift.errors.ShapeError` naming the shape expected)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ShapeError("model input", "(B, 3, H, W)", tuple(x.shape))
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ShapeError("model input", f"(B, 3, H, W) with H and W multiples of {m}", tuple(x.shape))
 
     def geometry(self, image_size: tuple[int, int], size: int | None = None, resize: str | None = None) -> GridGeometry:
         """The :class:`GridGeometry` of an image of ``image_size = (W, H)`` at this model's (or the given) settings."""
