@@ -1,14 +1,17 @@
-"""CPU inference paths vs fp32 eager, same process: eager fp32 / bf16 / int8, ONNX Runtime fp32 / int8.
+"""CPU inference paths vs fp32 eager, same process: eager and torch.compile'd fp32 / bf16 / int8, ONNX Runtime.
 
     python benchmarks/bench_cpu.py [--rounds 5] [--pairs 900] [--threads N] [--tiny]
 
 Models: the paper's ViT-B/14-reg + LoRA (random init, merged) at 434 x 434, and ``lite`` (real weights) at its
-input size, square; batch 1. Each way runs interleaved with the others, ``--rounds`` rounds; medians of the per-call
-time, their ratio against eager fp32, and the mean per-pixel cosine of the features against fp32 on one random
-input. For ``lite`` also PF-WILLOW PCK_bbox@0.1 over ``--pairs`` pairs (``../shared/data/pf-willow``; all 900 by
-default). The first lines name the CPU and what it does natively: another CPU gives other ratios, so record them with
-the numbers. ``--tiny`` swaps the ViT-B for a one-block ViT at 56 px and evaluates 10 pairs (the test's smoke run).
-The last line says what ``precision="auto"`` picks here.
+input size, square; batch 1; the compiled ways report no PCK (they run the eager way's arithmetic, and every new
+image size compiles again). Each way runs interleaved with the others, ``--rounds`` rounds of about half a second
+each; medians of the per-call times (a way that follows another meets the other's threads still spinning for a
+moment: the median is the steady state), their ratio against eager fp32, the first call's time (the compiled ways'
+compile time), and the mean per-pixel cosine of the features against fp32 on one random input. For ``lite`` also
+PF-WILLOW PCK_bbox@0.1 over ``--pairs`` pairs (``../shared/data/pf-willow``; all 900 by default). The first
+lines name the CPU and what it does natively: another CPU gives other ratios, so record them with the numbers.
+``--tiny`` swaps the ViT-B for a one-block ViT at 56 px and evaluates 10 pairs (the test's smoke run). The last line
+says what ``precision="auto"`` picks here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from pathlib import Path
 import torch
 
 PF_WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
-WAYS = ("eager fp32", "eager bf16", "eager int8", "onnxruntime fp32", "onnxruntime int8")
+WAYS = (
+    "eager fp32",
+    "eager bf16",
+    "eager int8",
+    "compiled bf16",
+    "compiled int8",
+    "onnxruntime fp32",
+    "onnxruntime int8",
+)
 
 
 def _ways(model, folder: Path) -> dict:
@@ -37,28 +48,35 @@ def _ways(model, folder: Path) -> dict:
     out = {"eager fp32": model.set_precision("fp32")}
     out["eager bf16"] = copy.deepcopy(model).set_precision("bf16")
     out["eager int8"] = copy.deepcopy(model).set_precision("int8")
+    for precision in ("bf16", "int8"):  # what load_model(..., compile=True) does
+        compiled = copy.deepcopy(model).set_precision(precision)
+        compiled.compile(dynamic=False)
+        out[f"compiled {precision}"] = compiled
     out["onnxruntime fp32"] = load_model(export_onnx(model, folder / "fp32.onnx"))
     out["onnxruntime int8"] = load_model(export_onnx(model, folder / "int8.onnx", quantize="int8"))
     return out
 
 
-def _timings(ways: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median ms per call; each round runs every way for about half a second (a few calls of a fast model)."""
+def _timings(ways: dict, x: torch.Tensor, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms per call (each round runs every way for about half a second) and each way's first call in s (the
+    compile time of the compiled ways)."""
     times: dict[str, list[float]] = {k: [] for k in ways}
+    first, calls = {}, {}
     with torch.inference_mode():
-        calls = {}
         for name, m in ways.items():
-            m(x)  # warm-up: first-call allocations, ONNX Runtime's graph setup
+            t0 = time.perf_counter()
+            m(x)  # warm-up: first-call allocations, ONNX Runtime's graph setup, torch.compile
+            first[name] = time.perf_counter() - t0
             t0 = time.perf_counter()
             m(x)
             calls[name] = max(1, int(0.5 / (time.perf_counter() - t0)))
         for _ in range(rounds):
             for name, m in ways.items():
-                t0 = time.perf_counter()
                 for _ in range(calls[name]):
+                    t0 = time.perf_counter()
                     m(x)
-                times[name].append((time.perf_counter() - t0) / calls[name])
-    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+                    times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}, first
 
 
 def _pck(model, pairs: int) -> float | None:
@@ -110,16 +128,17 @@ def main() -> None:
     for name, model, size in (("vit", vit, vit_size), ("lite", lite, lite.variant.input_size)):
         ways = _ways(model.eval(), work / name)
         x = torch.randn(1, 3, size, size)
-        ms = _timings(ways, x, args.rounds)
+        ms, first = _timings(ways, x, args.rounds)
         with torch.inference_mode():
             ref = ways["eager fp32"](x)
             cos = {k: float((m(x) * ref).sum(1).mean()) for k, m in ways.items()}
         for way in WAYS:
-            pck = _pck(ways[way], pairs) if name == "lite" else None
+            # compiled ways: the eager way's arithmetic (cosine 1.0000), and each new image size would compile again
+            pck = _pck(ways[way], pairs) if name == "lite" and not way.startswith("compiled") else None
             shown = "n/a" if pck is None else f"{pck:.3f}"
             print(
                 f"{name:5s} {size:4d} {way:17s} {ms[way]:9.1f} ms  x{ms['eager fp32'] / ms[way]:.2f}  "
-                f"cos {cos[way]:.4f}  pck_bbox@0.1 {shown}"
+                f"cos {cos[way]:.4f}  pck_bbox@0.1 {shown}  first call {first[way]:.1f} s"
             )
         auto = choose_precision("auto", kind=model_kind(model.timm_model))
         print(f"{name}: precision='auto' here -> {auto.precision} ({auto.reason})")

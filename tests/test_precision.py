@@ -236,3 +236,14 @@ def test_cli_backend_precision_and_quantized_export(tmp_path, cat_pair):
         (tmp_path / "m.json").unlink()
     r = run("models")
     assert "precision='auto' on this machine:" in r.stdout and "cpu, vit:" in r.stdout
+
+
+@pytest.mark.parametrize("source", ["lite", "model.onnx"])
+def test_compile_with_onnxruntime_is_refused_before_any_work(source, tmp_path):
+    """ONNX Runtime optimises its own graph: compile=True there says so instead of being ignored."""
+    from distilldift import load_model
+    from distilldift.errors import InvalidInputError
+
+    backend = "onnxruntime" if source == "lite" else "torch"
+    with pytest.raises(InvalidInputError, match="compile applies to the PyTorch backend"):
+        load_model(str(tmp_path / source) if source.endswith(".onnx") else source, backend=backend, compile=True)

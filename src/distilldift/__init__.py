@@ -6,8 +6,8 @@
 
 The top level holds the verbs and what they take and return; everything else is public in its subpackage
 (``distilldift.models``, ``.weights``, ``.features``, ``.matching``, ``.tracking``, ``.evaluation``, ``.export``,
-``.training``, ``.datasets``) and ``distilldift.errors``. Names are imported on first use, so ``import distilldift``
-and the CLI's ``--help`` do not pay for importing torch and timm.
+``.training``, ``.datasets``, ``.labelling``) and ``distilldift.errors``. Names are imported on first use, so
+``import distilldift`` and the CLI's ``--help`` do not pay for importing torch and timm.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "match_features": "matching.points",
     "track_video": "tracking.track",
     "evaluate": "evaluation.pck",
+    "label_keypoints": "labelling.label",
     # what they take and return
     "DistillDiftModel": "models.model",
     "Features": "features.extract",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from .evaluation.pck import EvalResult, evaluate
     from .features.extract import FeatureMap, Features, extract_features
     from .images import load_image
+    from .labelling.label import label_keypoints
     from .matching.points import Matches, match_features, match_points
     from .matching.settings import MatchSettings
     from .models.model import DistillDiftModel

@@ -17,6 +17,7 @@ __all__ = [
     "draw_heatmap",
     "draw_heatmap_rows",
     "draw_tracks",
+    "draw_keypoints",
     "render_tracks",
     "palette",
     "heat_colours",
@@ -279,6 +280,69 @@ def draw_matches(
         with atomic_path(out) as tmp:
             canvas.save(tmp)
     return canvas
+
+
+def draw_keypoints(
+    image: ImageInput,
+    keypoints: object,
+    *,
+    skeleton: list[list[int]] | None = None,
+    height: int | None = None,
+    out: str | os.PathLike | None = None,
+) -> Image.Image:
+    """Draw an object's keypoints, each in its own colour (keypoint ``i`` always gets ``palette(K)[i]``).
+
+    Args:
+        image: any image input accepted by :func:`load_image`.
+        keypoints: ``(K, 2)`` pixel ``(x, y)``, or ``(K, 3)`` COCO ``(x, y, v)``: ``v = 2`` filled, ``v = 1``
+            hollow (labelled with a low score, or not visible), ``v = 0`` left out.
+        skeleton: COCO ``skeleton``: pairs of 1-based keypoint numbers joined by a grey line.
+        height: height of the drawing; default: the image's, capped at 800.
+        out: save the drawing there (format from the extension).
+
+    Returns:
+        The RGB ``PIL.Image``.
+
+    Example:
+        >>> import numpy as np
+        >>> kp = [[10, 10, 2], [40, 20, 1], [60, 40, 0]]  # filled, hollow, left out
+        >>> im = draw_keypoints(np.zeros((50, 80, 3), np.uint8), kp, skeleton=[[1, 2], [1, 3]])
+        >>> im.size, im.getpixel((10, 10)) == palette(3)[0], im.getpixel((40, 20)), im.getpixel((25, 15))
+        ((80, 50), True, (200, 200, 200), (200, 200, 200))
+    """
+    _refuse_inputs(out, image=image)
+    pil = to_pil(image)
+    kp = torch.as_tensor(keypoints, dtype=torch.float32) if not isinstance(keypoints, torch.Tensor) else keypoints
+    if kp.numel() == 0:
+        kp = torch.zeros(0, 3)
+    if kp.ndim != 2 or kp.shape[1] not in (2, 3):
+        raise ShapeError("keypoints", "(K, 2) (x, y) or (K, 3) (x, y, v)", tuple(kp.shape))
+    v = kp[:, 2] if kp.shape[1] == 3 else torch.full((kp.shape[0],), 2.0)
+    h = height or min(800, pil.height)
+    s = h / pil.height
+    pil = pil.resize((max(1, round(pil.width * s)), h), Image.BILINEAR) if s != 1 else pil.copy()
+    draw = ImageDraw.Draw(pil)
+    r = max(2, h // 90)
+    xy = [((x + 0.5) * s - 0.5, (y + 0.5) * s - 0.5) for x, y in kp[:, :2].tolist()]
+    for a, b in skeleton or []:
+        if 1 <= a <= len(xy) and 1 <= b <= len(xy) and v[a - 1] > 0 and v[b - 1] > 0:
+            draw.line([xy[a - 1], xy[b - 1]], fill=(200, 200, 200), width=max(1, r // 2))
+    for i, colour in enumerate(palette(len(xy))):
+        if v[i] <= 0:
+            continue
+        x, y = xy[i]
+        filled = v[i] >= 2
+        draw.ellipse(
+            [x - r, y - r, x + r, y + r],
+            fill=colour if filled else None,
+            outline=(0, 0, 0) if filled else colour,
+            width=2,
+        )
+    if out is not None:
+        out = check_output(out, image_formats(), "drawing")
+        with atomic_path(out) as tmp:
+            pil.save(tmp)
+    return pil
 
 
 def draw_tracks(frame: ImageInput, points: torch.Tensor, visible: torch.Tensor | None = None, *, radius: int = 0):

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 # isort: off
 # each registers its commands, in the order `--help` lists them
-from . import match, extract, track, evaluate, weights, demo, train  # noqa: F401
+from . import match, extract, track, label, evaluate, weights, demo, train  # noqa: F401
 
 # isort: on
 from .common import app, console, err_console

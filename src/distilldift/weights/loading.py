@@ -195,6 +195,10 @@ def load_model(
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     onnx_file = os.fspath(name_or_path).endswith(".onnx")
+    if compile and (backend == "onnxruntime" or onnx_file):
+        raise InvalidInputError(
+            "compile applies to the PyTorch backend; ONNX Runtime optimises its graph itself (drop compile)"
+        )
     if (backend == "onnxruntime" or onnx_file) and dev is not None and dev.type != "cpu":
         raise InvalidInputError(
             f"the ONNX Runtime backend runs on CPU, not {dev}; on a GPU load the PyTorch model (backend='torch')"
@@ -267,5 +271,5 @@ def _finish(model: DistillDiftModel, *, merge: bool, device, dtype, precision: s
     model = _place(model, device, dtype)
     model.set_precision(precision)  # after placing: "auto" depends on the device and the dtype
     if compile:
-        model.compile()  # nn.Module.compile: the module's calls go through torch.compile
+        model.compile(dynamic=False)  # nn.Module.compile; one graph per input size (dynamic shapes compiled far slower)
     return model
