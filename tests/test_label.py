@@ -198,3 +198,19 @@ def test_cli_labels_previews_and_refuses_bad_input(cat_refs, tmp_path, monkeypat
         capsys=capsys,
     )
     assert code == 2 and "no categories with keypoints" in err and not (tmp_path / "x.json").exists()
+
+
+def test_top_k_matches_only_the_most_similar_references(cat_refs, lite_model):
+    """The shrunk copy is the closer reference of the target by the global descriptor (checked here), so top_k=1
+    labels from it alone: its unlabelled ear gives the 0, 0, 0 keypoint that two references would have filled."""
+    from distilldift.features.extract import extract_feature_maps
+    from distilldift.images import load_image
+
+    maps = extract_feature_maps(lite_model, [load_image(cat_refs / n) for n in ("target.png", "crop.png", "small.png")])
+    d = [torch.nn.functional.normalize(m.features.mean(dim=(1, 2)), dim=0) for m in maps]
+    assert float(d[0] @ d[2]) > float(d[0] @ d[1])
+    one = label_keypoints(cat_refs / "refs.json", cat_refs / "target.png", lite_model, settings=LabelSettings(top_k=1))
+    ann = one["annotations"][-1]
+    assert ann["references"] == 1 and ann["keypoints"][12:15] == [0.0, 0.0, 0]
+    both = label_keypoints(cat_refs / "refs.json", cat_refs / "target.png", lite_model, settings=LabelSettings(top_k=2))
+    assert both["annotations"][-1]["references"] == 2 and both["annotations"][-1]["keypoints"][14] == 2

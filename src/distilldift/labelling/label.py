@@ -186,14 +186,10 @@ def _annotation(cat: Category, fused, min_score: float, n_refs: int) -> dict:
 
 
 def _target_maps(
-    items: Sequence[tuple[str, Path]], model, ls: LabelSettings, features, progress: bool
+    items: Sequence[tuple[str, Path]], model, ls: LabelSettings, features
 ) -> Iterator[tuple[str, Path, FeatureMap]]:
-    """Each target's features: through the feature store ``features`` (resumable), else batch by batch."""
+    """Each target's features: from the feature store ``features`` (filled beforehand), else batch by batch."""
     if features is not None:
-        how = ExtractSettings(batch_size=ls.batch_size, decoders=0, workers=1)
-        extract_to_folder(
-            [p for _, p in items], features, model, size=ls.size, resize=ls.resize, settings=how, progress=progress
-        )
         store = FeatureStore(features)
         for name, path in items:
             yield name, path, store[str(path)]
@@ -280,8 +276,12 @@ def label_keypoints(
     out = _reference_part(refs)
     next_image = max((im["id"] for im in out["images"] if isinstance(im.get("id"), int)), default=0) + 1
     next_ann = max((a["id"] for a in out["annotations"] if isinstance(a.get("id"), int)), default=0) + 1
-    with ProgressBar(progress and features is None, len(todo), "labelling", "images") as bar:
-        for _, path, fm in _target_maps(todo, model, ls, features, progress):
+    if features is not None and todo:  # resumable: finished shards are kept, a rerun computes the rest
+        how = ExtractSettings(batch_size=ls.batch_size)
+        paths = [p for _, p in todo]
+        extract_to_folder(paths, features, model, size=ls.size, resize=ls.resize, settings=how, progress=progress)
+    with ProgressBar(progress, len(todo), "labelling", "images") as bar:
+        for _, path, fm in _target_maps(todo, model, ls, features):
             w, h = fm.geometry.image_size
             out["images"].append({"id": next_image, "file_name": str(path.resolve()), "width": w, "height": h})
             for ann in _label_one(fm, rf, ls):
