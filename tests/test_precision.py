@@ -247,3 +247,18 @@ def test_compile_with_onnxruntime_is_refused_before_any_work(source, tmp_path):
     backend = "onnxruntime" if source == "lite" else "torch"
     with pytest.raises(InvalidInputError, match="compile applies to the PyTorch backend"):
         load_model(str(tmp_path / source) if source.endswith(".onnx") else source, backend=backend, compile=True)
+
+
+def test_the_demo_runs_an_onnx_file(lite_model, lite_onnx, cat_pair, tmp_path):
+    """The demo's model box takes what load_model takes: an export runs the page's clicks in ONNX Runtime."""
+    from distilldift.demo.session import DemoSession, DemoSettings
+    from distilldift.images import load_image
+
+    a, b = load_image(cat_pair[0]), load_image(cat_pair[1])
+    pts = [[100.0, 80.0], [300.0, 60.0]]
+    eager = DemoSession(loader=lambda name: lite_model, workdir=tmp_path / "e")
+    fast = DemoSession(workdir=tmp_path / "f")
+    ref = eager.click(a, [b], pts, DemoSettings(model="lite", method="nn"))[0].matches
+    got = fast.click(a, [b], pts, DemoSettings(model=str(lite_onnx[0]), method="nn"))[0].matches
+    assert type(fast.model(str(lite_onnx[0]))).__name__ == "OnnxRuntimeModel"
+    assert torch.allclose(ref.points, got.points, atol=0.5) and torch.allclose(ref.scores, got.scores, atol=1e-3)

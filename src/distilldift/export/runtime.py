@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..download import cache_root
@@ -35,6 +35,9 @@ def _session(path: Path):
         raise MissingDependencyError("running an ONNX file needs onnxruntime: pip install 'distilldift[cpu]'") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use: one knob for both
+    # no busy-waiting after a run: torch's threads run the next step on the same cores (spinning cost lite's
+    # features ~40 %: 18 vs 12.9 ms per image on 2 cores, BENCHMARKS.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own (unexported) exception types for unreadable files
@@ -113,8 +116,10 @@ class OnnxRuntimeModel(DistillDiftModel):
         if not normalize:
             raise InvalidInputError("an ONNX export holds L2-normalised features only; use the PyTorch model")
         images = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = torch.from_numpy(self._run.run(["features"], {"images": images})[0])
-        return F.normalize(out, dim=1).to(x.device)  # unit norm again after the file's float32 / int8 rounding
+        out = self._run.run(["features"], {"images": images})[0]
+        # unit norm again after the file's float32 / int8 rounding (numpy: no torch thread pool woken in between)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return torch.from_numpy(out).to(x.device)
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, variant={self.variant.name!r}, precision={self.precision!r}"
