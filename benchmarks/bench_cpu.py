@@ -1,9 +1,10 @@
 """CPU inference paths vs fp32 eager, same process: eager and torch.compile'd fp32 / bf16 / int8, ONNX Runtime.
 
-    python benchmarks/bench_cpu.py [--rounds 5] [--pairs 900] [--threads N] [--tiny]
+    python benchmarks/bench_cpu.py [--rounds 5] [--pairs 900] [--threads N] [--tiny] [--model vit|lite]
 
 Models: the paper's ViT-B/14-reg + LoRA (random init, merged) at 434 x 434, and ``lite`` (real weights) at its
-input size, square; batch 1; the compiled ways report no PCK (they run the eager way's arithmetic, and every new
+input size, square; batch 1, each model in a process of its own (after the ViT-B's ways, ``lite`` ran ~20 % slower
+on every path in the same process); the compiled ways report no PCK (they run the eager way's arithmetic, and every new
 image size compiles again). Each way runs interleaved with the others, ``--rounds`` rounds of about half a second
 each; medians of the per-call times (a way that follows another meets the other's threads still spinning for a
 moment: the median is the steady state), their ratio against eager fp32, the first call's time (the compiled ways'
@@ -99,49 +100,63 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _bench(name: str, args: argparse.Namespace) -> None:
+    """One model's rows (``vit`` or ``lite``), in this process."""
+    from distilldift import load_model
+    from distilldift.models.precision import choose_precision, model_kind
+    from distilldift.weights import create_model
+
+    torch.manual_seed(0)
+    if name == "vit":
+        tiny = dict(embed_dim=32, depth=1, num_heads=2) if args.tiny else {}
+        model, size = create_model("distilldift_us", **tiny), 56 if args.tiny else 434
+        model.merge_adapter()
+    else:
+        model = load_model("lite", precision="fp32")
+        size = model.variant.input_size
+    ways = _ways(model.eval(), Path(tempfile.mkdtemp(prefix="bench-cpu-")))
+    x = torch.randn(1, 3, size, size)
+    ms, first = _timings(ways, x, args.rounds)
+    with torch.inference_mode():
+        ref = ways["eager fp32"](x)
+        cos = {k: float((m(x) * ref).sum(1).mean()) for k, m in ways.items()}
+    for way in WAYS:
+        # compiled ways: the eager way's arithmetic (cosine 1.0000), and each new image size would compile again
+        pck = _pck(ways[way], 10 if args.tiny else args.pairs) if name == "lite" and "compiled" not in way else None
+        shown = "n/a" if pck is None else f"{pck:.3f}"
+        print(
+            f"{name:5s} {size:4d} {way:17s} {ms[way]:9.1f} ms  x{ms['eager fp32'] / ms[way]:.2f}  "
+            f"cos {cos[way]:.4f}  pck_bbox@0.1 {shown}  first call {first[way]:.1f} s",
+            flush=True,
+        )
+    auto = choose_precision("auto", kind=model_kind(model.timm_model))
+    print(f"{name}: precision='auto' here -> {auto.precision} ({auto.reason})", flush=True)
+
+
 def main() -> None:
+    import subprocess
+    import sys
+
     import onnxruntime as ort
 
-    from distilldift import load_model
-    from distilldift.models.precision import choose_precision, cpu_features, model_kind
-    from distilldift.weights import create_model
+    from distilldift.models.precision import cpu_features
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=900)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--model", choices=("vit", "lite"), help="only this model, in this process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = 10 if args.tiny else args.pairs
+    if args.model:
+        _bench(args.model, args)
+        return
     print(f"CPU: {cpu_name()}, {args.threads} threads")
     print(f"native: {cpu_features().describe()}; torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
-    torch.manual_seed(0)
-    if args.tiny:
-        vit, vit_size = create_model("distilldift_us", embed_dim=32, depth=1, num_heads=2), 56
-    else:
-        vit, vit_size = create_model("distilldift_us"), 434
-    vit.merge_adapter()
-    lite = load_model("lite", precision="fp32")
-    work = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    for name, model, size in (("vit", vit, vit_size), ("lite", lite, lite.variant.input_size)):
-        ways = _ways(model.eval(), work / name)
-        x = torch.randn(1, 3, size, size)
-        ms, first = _timings(ways, x, args.rounds)
-        with torch.inference_mode():
-            ref = ways["eager fp32"](x)
-            cos = {k: float((m(x) * ref).sum(1).mean()) for k, m in ways.items()}
-        for way in WAYS:
-            # compiled ways: the eager way's arithmetic (cosine 1.0000), and each new image size would compile again
-            pck = _pck(ways[way], pairs) if name == "lite" and not way.startswith("compiled") else None
-            shown = "n/a" if pck is None else f"{pck:.3f}"
-            print(
-                f"{name:5s} {size:4d} {way:17s} {ms[way]:9.1f} ms  x{ms['eager fp32'] / ms[way]:.2f}  "
-                f"cos {cos[way]:.4f}  pck_bbox@0.1 {shown}  first call {first[way]:.1f} s"
-            )
-        auto = choose_precision("auto", kind=model_kind(model.timm_model))
-        print(f"{name}: precision='auto' here -> {auto.precision} ({auto.reason})")
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}", flush=True)
+    for name in ("vit", "lite"):  # each model in a fresh process: one model's ways slowed the next one's
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--model", name], check=True)
 
 
 if __name__ == "__main__":
