@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,12 @@ def test_top_k_matches_only_the_most_similar_references(cat_refs, lite_model):
     assert ann["references"] == 1 and ann["keypoints"][12:15] == [0.0, 0.0, 0]
     both = label_keypoints(cat_refs / "refs.json", cat_refs / "target.png", lite_model, settings=LabelSettings(top_k=2))
     assert both["annotations"][-1]["references"] == 2 and both["annotations"][-1]["keypoints"][14] == 2
+
+
+def test_a_reference_image_given_as_a_target_keeps_its_human_labels(cat_refs, lite_model, tmp_path):
+    """Targets that are reference images (file names relative to the references' folder) are not relabelled."""
+    labels = label_keypoints(cat_refs / "refs.json", [cat_refs / "crop.png", cat_refs / "target.png"], lite_model)
+    names = {im["id"]: Path(im["file_name"]).name for im in labels["images"]}
+    by = sorted((names[a["image_id"]], a["labelled_by"]) for a in labels["annotations"])
+    assert by == [("crop.png", "human"), ("small.png", "human"), ("target.png", "distilldift")]
+    assert all(Path(im["file_name"]).is_absolute() for im in labels["images"])

@@ -54,6 +54,14 @@ class References:
     references: list[Reference]
     categories: dict[int, Category]
     data: dict
+    root: Path | None = None
+
+    def image_path(self, image: dict) -> Path:
+        """Where a COCO ``image`` record's file is: ``file_name`` as it is when absolute, else below :attr:`root`."""
+        path = Path(str(image.get("file_name", ""))).expanduser()
+        if not path.is_absolute() and self.root is not None:
+            path = self.root / path
+        return path
 
 
 def flip_permutation(names: tuple[str, ...] | list[str]) -> list[int] | None:
@@ -159,9 +167,7 @@ def read_references(
         k = torch.tensor(kp, dtype=torch.float64).float().reshape(-1, 3)
         if not bool((k[:, 2] > 0).any()):
             continue
-        path = Path(str(image.get("file_name", ""))).expanduser()
-        if not path.is_absolute() and root is not None:
-            path = root / path
+        path = References([], cats, data, root).image_path(image)
         if check_files and not path.is_file():
             raise InvalidInputError(
                 f"{where}: image {image.get('file_name')!r} not found at {path}; pass --image-root (the folder the "
@@ -170,4 +176,4 @@ def read_references(
         refs.append(Reference(path, image, cat.id, k))
     if not refs:
         raise InvalidInputError(f"{where}: no annotation has a labelled keypoint (v > 0); annotate at least one image")
-    return References(refs, cats, data)
+    return References(refs, cats, data, root)

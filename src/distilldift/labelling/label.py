@@ -269,7 +269,7 @@ def label_keypoints(
         if unknown:
             raise InvalidInputError(f"categories {unknown} are not in the references ({', '.join(sorted(known))})")
     items = list_images(targets)
-    ref_paths = {r.path.resolve() for r in refs.references} | {_image_path(im, refs) for im in refs.data["images"]}
+    ref_paths = {refs.image_path(im).resolve() for im in refs.data.get("images") or []}
     todo = [(n, p) for n, p in items if p.resolve() not in ref_paths]
     model = resolve_model(model)
     rf = _reference_features(refs, model, ls)
@@ -292,17 +292,9 @@ def label_keypoints(
     return out
 
 
-def _image_path(image: dict, refs: References) -> Path:
-    for r in refs.references:
-        if r.image is image:
-            return r.path.resolve()
-    return Path(str(image.get("file_name", ""))).expanduser().resolve()
-
-
 def _reference_part(refs: References) -> dict:
     """The references' images (absolute ``file_name``) and annotations (marked human), and the categories."""
-    paths = {id(r.image): str(r.path.resolve()) for r in refs.references}
-    images = [{**im, "file_name": paths.get(id(im), im.get("file_name"))} for im in refs.data.get("images") or []]
+    images = [{**im, "file_name": str(refs.image_path(im).resolve())} for im in refs.data.get("images") or []]
     anns = [{**a, "labelled_by": "human"} for a in refs.data["annotations"]]
     cats = [c.record for c in refs.categories.values()]
     return {
