@@ -157,8 +157,17 @@ def test_feature_store_gives_the_same_labels_and_resumes(cat_refs, lite_model, t
         (lambda d: d["categories"][0].pop("keypoints"), "has no 'keypoints' list of names"),
         (lambda d: d["annotations"][0].update(category_id=9), "unknown category_id 9"),
         (lambda d: d["annotations"][0].update(image_id=9), "refers to image_id 9"),
+        (lambda d: d["images"].append({"id": 5}), "has no 'id' and 'file_name'"),
     ],
-    ids=["no-keypoints", "count-disagrees", "missing-image", "category-without-names", "bad-category", "bad-image"],
+    ids=[
+        "no-keypoints",
+        "count-disagrees",
+        "missing-image",
+        "category-without-names",
+        "bad-category",
+        "bad-image",
+        "image-without-file-name",
+    ],
 )
 def test_bad_references_are_one_line(cat_refs, spoil, message):
     refs = json.loads((cat_refs / "refs.json").read_text())

@@ -146,7 +146,12 @@ def read_references(
         raise InvalidInputError(f"{where}: no 'annotations' list; give a COCO keypoints file")
     cats = _categories(data, where)
     root = Path(image_root) if image_root is not None else (Path(where).parent if where != "the references" else None)
-    images = {im["id"]: im for im in data.get("images") or [] if isinstance(im, dict) and "id" in im}
+    if not isinstance(data.get("images", []), list):
+        raise InvalidInputError(f"{where}: 'images' is not a list; give a COCO keypoints file")
+    for im in data.get("images") or []:
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            raise InvalidInputError(f"{where}: image record {im!r} has no 'id' and 'file_name'")
+    images = {im["id"]: im for im in data.get("images") or []}
     refs = []
     for a in data["annotations"]:
         cat = cats.get(a.get("category_id"))
