@@ -38,6 +38,11 @@ class FlipChoice(str, Enum):
     yes = "yes"
     auto = "auto"
 
+    @property
+    def setting(self) -> bool | str:
+        """What ``MatchSettings.flip`` / ``LabelSettings.pose_align`` take: False, True or ``"auto"``."""
+        return {"no": False, "yes": True, "auto": "auto"}[self.value]
+
 
 HEATMAP_ROWS = 16  # match --heatmap: rows drawn at most
 

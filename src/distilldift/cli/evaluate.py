@@ -96,7 +96,7 @@ def eval_(
         raise InvalidInputError(f"--protocol paper sets the matching itself; drop {', '.join(clash)}")
     data = read_dataset(dataset, root, split)
     net = load(model, device, precision, compile, backend=backend, verbose=verbose)
-    flip_arg = {None: False, "no": False, "yes": True, "auto": "auto"}[flip.value if flip else None]
+    flip_arg = flip.setting if flip else False
     settings = None if protocol.value == "paper" else MatchSettings(method=method or "soft", flip=flip_arg)
     r = evaluate(
         data,

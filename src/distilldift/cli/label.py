@@ -87,7 +87,7 @@ def label(
         top_k=top_k,
         min_score=min_score,
         radius=radius,
-        pose_align={"no": False, "yes": True, "auto": "auto"}[pose_align.value],
+        pose_align=pose_align.setting,
         categories=tuple(category) if category else None,
         match=MatchSettings(method=method),
         size=size,

@@ -88,7 +88,7 @@ def match(
     a, b = load_image(image1), load_image(image2)
     pts = as_points(collect_points(points, points_file, grid, lambda: a))
     check_points_inside(pts, (a.shape[-1], a.shape[-2]), "points")  # before the model loads
-    flip_arg = {"no": False, "yes": True, "auto": "auto"}[flip.value]
+    flip_arg = flip.setting
     settings = MatchSettings(method=method, flip=flip_arg, exhaustive=not coarse_to_fine)
     net = load(model, device, precision, backend=backend, verbose=verbose)
     rows, resize_arg = (HEATMAP_ROWS if heatmap is not None else 0), (resize.value if resize else None)

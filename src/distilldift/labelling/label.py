@@ -104,12 +104,12 @@ def _flip_for(ls: LabelSettings, cat: Category) -> bool:
     return ls.pose_align is True or (ls.pose_align == "auto" and flip_permutation(cat.names) is not None)
 
 
-def _categories_for(target: torch.Tensor, rf: _Refs, ls: LabelSettings) -> list[int]:
-    """The categories to label on a target: the forced ones, or the one of its most similar references."""
+def _categories_for(sims: torch.Tensor, rf: _Refs, ls: LabelSettings) -> list[int]:
+    """The categories to label on a target whose similarities to the references are ``sims`` ``(R,)``: the forced
+    ones, or the one of its most similar references."""
     if ls.categories is not None:
         by_name = {c.name: c.id for c in rf.refs.categories.values()}
         return [by_name[n] for n in ls.categories]
-    sims = rf.descriptors @ target
     top = sims.argsort(descending=True)[: min(ls.top_k or 3, 3)]
     mass: dict[int, float] = {}
     for i in top.tolist():
@@ -139,11 +139,10 @@ def _candidates(ref: Reference, src: FeatureMap, mirrored, dst: FeatureMap, cat:
 
 def _label_one(dst: FeatureMap, rf: _Refs, ls: LabelSettings) -> list[dict]:
     """The annotations of one target: one per category labelled."""
-    target = _descriptor(dst)
-    sims = rf.descriptors @ target
+    sims = rf.descriptors @ _descriptor(dst)
     w, h = dst.geometry.image_size
     out = []
-    for cid in _categories_for(target, rf, ls):
+    for cid in _categories_for(sims, rf, ls):
         cat = rf.refs.categories[cid]
         pool = [i for i, r in enumerate(rf.refs.references) if r.category == cid]
         pool.sort(key=lambda i: -float(sims[i]))
