@@ -158,6 +158,8 @@ def test_feature_store_gives_the_same_labels_and_resumes(cat_refs, lite_model, t
         (lambda d: d["annotations"][0].update(category_id=9), "unknown category_id 9"),
         (lambda d: d["annotations"][0].update(image_id=9), "refers to image_id 9"),
         (lambda d: d["images"].append({"id": 5}), "has no 'id' and 'file_name'"),
+        (lambda d: d["annotations"][0]["keypoints"].__setitem__(0, "x"), "keypoints that are not all numbers"),
+        (lambda d: d["annotations"].append([1, 2]), "is not an object"),
     ],
     ids=[
         "no-keypoints",
@@ -167,6 +169,8 @@ def test_feature_store_gives_the_same_labels_and_resumes(cat_refs, lite_model, t
         "bad-category",
         "bad-image",
         "image-without-file-name",
+        "keypoint-not-a-number",
+        "annotation-not-an-object",
     ],
 )
 def test_bad_references_are_one_line(cat_refs, spoil, message):

@@ -152,8 +152,10 @@ def read_references(
         if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
             raise InvalidInputError(f"{where}: image record {im!r} has no 'id' and 'file_name'")
     images = {im["id"]: im for im in data.get("images") or []}
-    refs = []
+    out = References([], cats, data, root)
     for a in data["annotations"]:
+        if not isinstance(a, dict):
+            raise InvalidInputError(f"{where}: annotation {a!r} is not an object; give a COCO keypoints file")
         cat = cats.get(a.get("category_id"))
         if cat is None:
             raise InvalidInputError(f"{where}: annotation {a.get('id')} has unknown category_id {a.get('category_id')}")
@@ -169,16 +171,18 @@ def read_references(
             raise InvalidInputError(
                 f"{where}: annotation {a.get('id')} refers to image_id {a.get('image_id')}, not in 'images'"
             )
+        if not all(isinstance(v, (int, float)) and v == v for v in kp):
+            raise InvalidInputError(f"{where}: annotation {a.get('id')} has keypoints that are not all numbers")
         k = torch.tensor(kp, dtype=torch.float64).float().reshape(-1, 3)
         if not bool((k[:, 2] > 0).any()):
             continue
-        path = References([], cats, data, root).image_path(image)
+        path = out.image_path(image)
         if check_files and not path.is_file():
             raise InvalidInputError(
                 f"{where}: image {image.get('file_name')!r} not found at {path}; pass --image-root (the folder the "
                 "file names are relative to)"
             )
-        refs.append(Reference(path, image, cat.id, k))
-    if not refs:
+        out.references.append(Reference(path, image, cat.id, k))
+    if not out.references:
         raise InvalidInputError(f"{where}: no annotation has a labelled keypoint (v > 0); annotate at least one image")
-    return References(refs, cats, data, root)
+    return out
