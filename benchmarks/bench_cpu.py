@@ -2,17 +2,17 @@
 
     python benchmarks/bench_cpu.py [--rounds 5] [--pairs 900] [--threads N] [--tiny] [--model vit|lite]
 
-Models: the paper's ViT-B/14-reg + LoRA (random init, merged) at 434 x 434, and ``lite`` (real weights) at its
-input size, square; batch 1, each model in a process of its own (after the ViT-B's ways, ``lite`` ran ~20 % slower
-on every path in the same process); the compiled ways report no PCK (they run the eager way's arithmetic, and every new
-image size compiles again). Each way runs interleaved with the others, ``--rounds`` rounds of about half a second
-each; medians of the per-call times (a way that follows another meets the other's threads still spinning for a
-moment: the median is the steady state), their ratio against eager fp32, the first call's time (the compiled ways'
-compile time), and the mean per-pixel cosine of the features against fp32 on one random input. For ``lite`` also
-PF-WILLOW PCK_bbox@0.1 over ``--pairs`` pairs (``../shared/data/pf-willow``; all 900 by default). The first
-lines name the CPU and what it does natively: another CPU gives other ratios, so record them with the numbers.
-``--tiny`` swaps the ViT-B for a one-block ViT at 56 px and evaluates 10 pairs (the test's smoke run). The last line
-says what ``precision="auto"`` picks here.
+Models: the paper's ViT-B/14-reg + LoRA (random init, merged) at 434 x 434, and ``lite`` (real weights) at its input
+size, square; batch 1, each model in a process of its own (after the ViT-B's ways, ``lite`` ran ~20 % slower on every
+path in the same process); the compiled ways (``compile_for_inference``: inductor with frozen weights, batch norms
+folded) get a PCK too, each new image size of the pairs compiling once. Each way runs interleaved with the others,
+``--rounds`` rounds of about half a second each; medians of the per-call times (a way that follows another meets the
+other's threads still spinning for a moment: the median is the steady state), their ratio against eager fp32, the first
+call's time (the compiled ways' compile time), and the mean per-pixel cosine of the features against fp32 on one random
+input. For ``lite`` also PF-WILLOW PCK_bbox@0.1 over ``--pairs`` pairs (``../shared/data/pf-willow``; all 900 by
+default). The first lines name the CPU and what it does natively: another CPU gives other ratios, so record them with
+the numbers. ``--tiny`` swaps the ViT-B for a one-block ViT at 56 px and evaluates 10 pairs (the test's smoke run). The
+last line says what ``precision="auto"`` picks here.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _ways(model, folder: Path) -> dict:
     out["eager int8"] = copy.deepcopy(model).set_precision("int8")
     for precision in ("bf16", "int8"):  # what load_model(..., compile=True) does
         compiled = copy.deepcopy(model).set_precision(precision)
-        compiled.compile(dynamic=False)
+        compiled.compile_for_inference()
         out[f"compiled {precision}"] = compiled
     out["onnxruntime fp32"] = load_model(export_onnx(model, folder / "fp32.onnx"))
     out["onnxruntime int8"] = load_model(export_onnx(model, folder / "int8.onnx", quantize="int8"))
@@ -121,8 +121,7 @@ def _bench(name: str, args: argparse.Namespace) -> None:
         ref = ways["eager fp32"](x)
         cos = {k: float((m(x) * ref).sum(1).mean()) for k, m in ways.items()}
     for way in WAYS:
-        # compiled ways: the eager way's arithmetic (cosine 1.0000), and each new image size would compile again
-        pck = _pck(ways[way], 10 if args.tiny else args.pairs) if name == "lite" and "compiled" not in way else None
+        pck = _pck(ways[way], 10 if args.tiny else args.pairs) if name == "lite" else None
         shown = "n/a" if pck is None else f"{pck:.3f}"
         print(
             f"{name:5s} {size:4d} {way:17s} {ms[way]:9.1f} ms  x{ms['eager fp32'] / ms[way]:.2f}  "

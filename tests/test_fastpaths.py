@@ -1,5 +1,6 @@
 """The fast paths: bf16 autocast (precision=), torch.compile (compile=), coarse-to-fine search for many points."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -50,6 +51,33 @@ def test_compile_option_gives_the_same_features(tmp_path):
         with torch.inference_mode():
             assert (compiled(x) - eager(x)).abs().max() < 1e-5
     assert counters["stats"]["unique_graphs"] > before  # the forward really went through torch.compile
+
+
+def test_compiled_weights_are_frozen_for_this_model_only():
+    """compile_for_inference freezes the weights into the graph (a change after compiling is not seen, unlike the
+    eager model's) while the process-wide inductor setting stays off, and outside inference mode the weights stay
+    live (training is never frozen)."""
+    from torch._inductor import config as inductor_config
+
+    torch.manual_seed(0)
+    model = create_model("distilldift_us", **TINY).eval()
+    model.merge_adapter()
+    x = torch.randn(1, 3, 56, 56)
+    eager_model = copy.deepcopy(model)
+    compiled = model.compile_for_inference()
+    with torch.inference_mode():
+        before = compiled(x)
+    assert inductor_config.freezing is False
+    with torch.no_grad():
+        for m in (model, eager_model):
+            m.timm_model.patch_embed.proj.weight.mul_(-1.0)
+    with torch.inference_mode():
+        frozen = compiled(x)
+        eager = eager_model(x)
+    assert torch.equal(frozen, before)  # constants in the graph
+    assert (eager - before).abs().max() > 0.1  # the weights did change
+    live = compiled(x)  # autograd on: another graph, weights as inputs
+    assert (live - eager).abs().max() < 1e-5
 
 
 def test_coarse_to_fine_finds_the_exhaustive_matches(cat_pair):

@@ -161,5 +161,7 @@ def quantize_int8(module: nn.Module) -> nn.Module:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
         raise MissingDependencyError("precision 'int8' needs torchao: pip install 'distilldift[cpu]'") from None
-    quantize_(module, Int8DynamicActivationInt8WeightConfig())
+    # set_inductor_config=False: torchao would otherwise change inductor's settings for the whole process; the one
+    # that matters on CPU (force_fuse_int_mm_with_mul) is set while a compiled model's forward runs instead
+    quantize_(module, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
     return module

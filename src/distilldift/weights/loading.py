@@ -271,5 +271,5 @@ def _finish(model: DistillDiftModel, *, merge: bool, device, dtype, precision: s
     model = _place(model, device, dtype)
     model.set_precision(precision)  # after placing: "auto" depends on the device and the dtype
     if compile:
-        model.compile(dynamic=False)  # nn.Module.compile; one graph per input size (dynamic shapes compiled far slower)
+        model.compile_for_inference()
     return model
